@@ -1,0 +1,158 @@
+"""Compress and decompress photos: the functions the command line, the edge and the ground call."""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import container, latent_coding, rans
+from .errors import BitstreamError, CodecError
+from .imageio import Photo
+from .lambdas import GRID_SIZE, lambda_of_index
+from .runtime import CodecModel
+from .tiling import TileGeometry, analyse, synthesise
+
+DEFAULT_TILE_PX = 1024
+MAX_PIXELS = container.MAX_PIXELS
+
+
+@dataclass
+class Encoded:
+    data: bytes
+    lambda_index: int
+    ideal_bits: float     # what the integer tables assign to the symbols (the coder's target)
+    symbols: int
+    latents: list | None = None   # the encoder's integer latents per level, when asked for
+
+
+def _map(fn, items, threads: int):
+    if threads <= 1 or len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(fn, items))
+
+
+def _set_threads(threads: int):
+    if threads < 1:
+        raise CodecError(f"thread count must be at least 1, got {threads}")
+    import torch
+    torch.set_num_threads(threads)
+
+
+def check_image(pixels: np.ndarray):
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise CodecError(f"expected an RGB uint8 image, got shape {pixels.shape} {pixels.dtype}")
+    h, w = pixels.shape[:2]
+    if h < 1 or w < 1 or h * w > MAX_PIXELS or max(h, w) > container.MAX_SIDE:
+        raise CodecError(f"image size {w}x{h} is outside the limits (at most {MAX_PIXELS} pixels)")
+
+
+def _assemble(geometry: TileGeometry, channels: int, tiles_zq) -> list:
+    full = [np.empty((channels, h, w), np.int64) for h, w in geometry.level_sizes()]
+    for regions, zq in zip(geometry.tiles(), tiles_zq):
+        for level, (rs, cs) in enumerate(regions):
+            full[level][:, rs, cs] = zq[level]
+    return full
+
+
+def encode_latents(model: CodecModel, ys, geometry: TileGeometry, threads: int = 1, keep_latents=False):
+    """Entropy-code continuous latents tile by tile.
+
+    Returns (payloads, ideal bits, symbol count, integer latents per level or None).
+    """
+    def one(regions):
+        tile_ys = [y[:, rs, cs] for y, (rs, cs) in zip(ys, regions)]
+        payload, values, tables, zq = latent_coding.encode(tile_ys, model.priors, model.cfg.mean_grid,
+                                                           model.tables)
+        bits = rans.ideal_bits(values, tables, model.tables["cdfs"], model.tables["lengths"],
+                               model.tables["offsets"])
+        return payload, bits, values.size, zq if keep_latents else None
+
+    results = _map(one, geometry.tiles(), threads)
+    latents = _assemble(geometry, model.cfg.latent_channels, [r[3] for r in results]) if keep_latents else None
+    return [r[0] for r in results], float(sum(r[1] for r in results)), sum(r[2] for r in results), latents
+
+
+def compress(model: CodecModel, photo: Photo, lambda_index: int, tile_px: int = DEFAULT_TILE_PX,
+             threads: int = 1, transforms=None, keep_latents: bool = False) -> Encoded:
+    """transforms: an object with image/latent methods (default: the PyTorch model at this λ)."""
+    check_image(photo.pixels)
+    if not 0 <= lambda_index < GRID_SIZE:
+        raise CodecError(f"λ index {lambda_index} outside 0..{GRID_SIZE - 1}")
+    _set_threads(threads)
+    h, w = photo.pixels.shape[:2]
+    geometry = TileGeometry(w, h, tile_px, model.cfg.levels)
+    container.tile_grid(w, h, tile_px, model.cfg.alignment)  # validates the tile size
+    if transforms is None:
+        from .transforms import TorchTransforms
+        transforms = TorchTransforms(model.torch_model, lambda_of_index(lambda_index))
+    ys = analyse(transforms.image, transforms.latent, photo.pixels, geometry)
+    payloads, bits, symbols, latents = encode_latents(model, ys, geometry, threads, keep_latents)
+    tiles_x, tiles_y = geometry.grid
+    header = container.Header(model.cfg.levels, lambda_index, model.model_id, w, h, tile_px, tiles_x, tiles_y)
+    meta = {container.META_EXIF: photo.exif, container.META_XMP: photo.xmp}
+    data = container.write(container.Container(header, payloads, meta))
+    return Encoded(data, lambda_index, bits, symbols, latents)
+
+
+def read_container(model: CodecModel, data: bytes) -> container.Container:
+    c = container.read(data, model.alignment_of)
+    if c.header.model_id != model.model_id:
+        raise BitstreamError(f"bitstream was made by model {c.header.model_id.hex()}, "
+                             f"this decoder has model {model.model_id.hex()}")
+    return c
+
+
+def decode_latents(model: CodecModel, c: container.Container, threads: int = 1):
+    """Entropy-decode every tile. Returns zq (int64, z * mean_grid) per level at full size."""
+    h = c.header
+    geometry = TileGeometry(h.width, h.height, h.tile_px, h.levels)
+    C = model.cfg.latent_channels
+
+    def one(args):
+        index, regions = args
+        shapes = [(C, rs.stop - rs.start, cs.stop - cs.start) for rs, cs in regions]
+        try:
+            return latent_coding.decode(c.tiles[index], shapes, model.priors, model.cfg.mean_grid, model.tables)
+        except BitstreamError as e:
+            raise BitstreamError(f"tile {index}: {e}") from None
+
+    tiles_zq = _map(one, list(enumerate(geometry.tiles())), threads)
+    return _assemble(geometry, C, tiles_zq), geometry
+
+
+def decompress(model: CodecModel, data: bytes, threads: int = 1) -> Photo:
+    _set_threads(threads)
+    c = read_container(model, data)
+    zq, geometry = decode_latents(model, c, threads)
+    from .transforms import TorchTransforms
+    transforms = TorchTransforms(model.torch_model, lambda_of_index(c.header.lambda_index))
+    z1 = (zq[0] / model.cfg.mean_grid).astype(np.float32)
+    pixels = synthesise(transforms.synth, z1, geometry)
+    return Photo(pixels, c.metadata.get(container.META_EXIF, b""), c.metadata.get(container.META_XMP, b""))
+
+
+def compress_to_budget(model: CodecModel, photo: Photo, max_bytes: int, **kwargs) -> Encoded:
+    """The highest λ whose file fits in max_bytes (binary search on the λ grid; size grows with λ)."""
+    lo, hi, best, floor = 0, GRID_SIZE - 1, None, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        enc = compress(model, photo, mid, **kwargs)
+        if mid == 0:
+            floor = enc
+        if len(enc.data) <= max_bytes:
+            best, lo = enc, mid + 1
+        else:
+            hi = mid - 1
+    if best is None:  # every size was too large, so index 0 was tried last
+        raise CodecError(f"budget of {max_bytes} bytes is below the smallest file this model makes "
+                         f"for this photo ({len(floor.data)} bytes at λ={lambda_of_index(0):g})")
+    return best
+
+
+def bytes_for_bpp(bpp: float, width: int, height: int) -> int:
+    if not bpp > 0:
+        raise CodecError(f"bits per pixel must be positive, got {bpp}")
+    return int(math.floor(bpp * width * height / 8))

@@ -1,0 +1,143 @@
+"""Command line: compress, decompress, info, train, export-model.
+
+Every user error ends with one line on stderr and a non-zero exit status, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import CodecError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m codec", description="Learned codec for blade photos")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compress", help="photo -> .nlic bitstream")
+    c.add_argument("input")
+    c.add_argument("-o", "--output", required=True)
+    rate = c.add_mutually_exclusive_group(required=True)
+    rate.add_argument("--lambda", dest="lam", type=float, help="rate-distortion trade-off, 64..8192")
+    rate.add_argument("--bpp", type=float, help="largest file in bits per pixel (λ is searched)")
+    rate.add_argument("--bytes", type=int, help="largest file in bytes (λ is searched)")
+    c.add_argument("--model", help="model file (default: the bundled model)")
+    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--tile", type=int, default=1024, help="coding tile size in pixels")
+
+    d = sub.add_parser("decompress", help=".nlic bitstream -> .png/.tif/.jpg with the photo's metadata")
+    d.add_argument("input")
+    d.add_argument("-o", "--output", required=True)
+    d.add_argument("--model")
+    d.add_argument("--threads", type=int, default=1)
+
+    i = sub.add_parser("info", help="print a bitstream's header as JSON")
+    i.add_argument("input")
+
+    t = sub.add_parser("train", help="train a model (resumable)")
+    t.add_argument("--config", required=True)
+    t.add_argument("--steps", type=int, default=0, help="override the config's step count")
+    t.add_argument("--run-dir", default="", help="override the config's run directory")
+
+    e = sub.add_parser("export-model", help="float weights -> complete model (integer priors, CDF tables)")
+    e.add_argument("--weights", required=True, help="a training run's best.npz or last.pt")
+    e.add_argument("-o", "--output", required=True)
+    return p
+
+
+def read_bytes(path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise CodecError(f"{path}: {e.strerror}") from None
+
+
+def write_bytes(path, data: bytes):
+    """Write to a temporary name, fsync, rename: a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CodecError(f"{path}: cannot write ({e.strerror})") from None
+
+
+def cmd_compress(args):
+    from . import api
+    from .imageio import read_photo
+    from .lambdas import index_of_lambda, lambda_of_index
+    from .runtime import CodecModel
+
+    model = CodecModel.load(args.model)
+    photo = read_photo(args.input)
+    h, w = photo.pixels.shape[:2]
+    opts = {"threads": args.threads, "tile_px": args.tile}
+    try:
+        if args.lam is not None:
+            enc = api.compress(model, photo, index_of_lambda(args.lam), **opts)
+        else:
+            budget = args.bytes if args.bytes is not None else api.bytes_for_bpp(args.bpp, w, h)
+            enc = api.compress_to_budget(model, photo, budget, **opts)
+    except ValueError as e:
+        raise CodecError(str(e)) from None
+    write_bytes(args.output, enc.data)
+    print(f"{args.output}: {len(enc.data)} bytes, {8 * len(enc.data) / (w * h):.4f} bpp, "
+          f"λ={lambda_of_index(enc.lambda_index):.1f}")
+
+
+def cmd_decompress(args):
+    from . import api
+    from .imageio import write_photo
+    from .runtime import CodecModel
+
+    data = read_bytes(args.input)
+    model = CodecModel.load(args.model)
+    write_photo(args.output, api.decompress(model, data, threads=args.threads))
+
+
+def cmd_info(args):
+    from . import container
+
+    data = read_bytes(args.input)
+    c = container.read(data, lambda levels: 2 ** (levels - 1))
+    from .lambdas import lambda_of_index
+    info = c.header.as_dict()
+    info["lambda"] = round(lambda_of_index(c.header.lambda_index), 3)
+    info["bytes"] = len(data)
+    info["bpp"] = round(8 * len(data) / (c.header.width * c.header.height), 5)
+    info["tile_bytes"] = [len(t) for t in c.tiles]
+    info["metadata"] = {{container.META_EXIF: "exif", container.META_XMP: "xmp"}.get(k, str(k)): len(v)
+                        for k, v in c.metadata.items()}
+    print(json.dumps(info, indent=1))
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "compress":
+            cmd_compress(args)
+        elif args.command == "decompress":
+            cmd_decompress(args)
+        elif args.command == "info":
+            cmd_info(args)
+        elif args.command == "train":
+            from . import train
+            train.main(args)
+        elif args.command == "export-model":
+            from . import export_model
+            export_model.main(args)
+    except CodecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0

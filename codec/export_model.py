@@ -1,0 +1,125 @@
+"""Turn trained float weights into a complete codec model: integer priors + CDF tables.
+
+`python -m codec export-model --weights RUN/best.npz -o codec/default_model/model.npz`
+Calibration uses training images only (never Kodak). The rate cost of exactness is measured on the
+validation images and written into the model's metadata.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import weights
+from .cdf_tables import build_tables
+from .data import list_images
+from .errors import CodecError
+from .imageio import read_rgb
+from .integer_prior import convert
+from .model import ModelConfig, NestedLatentCodec, scale_table
+from .runtime import CodecModel, prior_prefix
+from .train import PROJECT_ROOT
+
+log = logging.getLogger("codec.export")
+CALIBRATION_LAMBDAS = (64.0, 256.0, 1024.0, 4096.0, 8192.0)
+CALIBRATION_DIRS = ("../shared/data/train", "../shared/data/blades/dtu_nordtank")
+
+
+def load_float(path) -> tuple[NestedLatentCodec, dict]:
+    path = Path(path)
+    if path.suffix == ".pt":
+        state = torch.load(path, weights_only=False)
+        net = NestedLatentCodec(ModelConfig(**state["model_config"]))
+        net.load_state_dict(state["model"])
+        return net, {"step": state["step"]}
+    arrays, meta = weights.load_arrays(path)
+    net = NestedLatentCodec(ModelConfig(**meta["config"]))
+    net.load_state_dict(weights.float_state_dict(arrays))
+    return net, meta.get("train", {})
+
+
+def image_tensor(rgb: np.ndarray, max_side: int = 512) -> torch.Tensor:
+    h, w = min(rgb.shape[0], max_side) // 16 * 16, min(rgb.shape[1], max_side) // 16 * 16
+    y0, x0 = (rgb.shape[0] - h) // 2, (rgb.shape[1] - w) // 2
+    crop = rgb[y0:y0 + h, x0:x0 + w]
+    return torch.from_numpy(crop.transpose(2, 0, 1).copy()).float().div(255).unsqueeze(0)
+
+
+def calibration_images(per_dir: int = 8) -> list:
+    images = []
+    for d in CALIBRATION_DIRS:
+        paths = list_images(PROJECT_ROOT / d)
+        step = max(1, len(paths) // per_dir)
+        images += [image_tensor(read_rgb(p)) for p in paths[::step][:per_dir]]
+    if not images:
+        raise CodecError("no calibration images found under ../shared/data")
+    return images
+
+
+@torch.no_grad()
+def prior_inputs(net: NestedLatentCodec, images) -> list:
+    """Decoded latents each prior sees, over the calibration images and λ values."""
+    inputs = [[] for _ in net.priors]
+    for x in images:
+        for lam in CALIBRATION_LAMBDAS:
+            ys = net.analysis(x, torch.tensor([lam]))
+            z_hat, _ = net.top_down(ys, noisy=False)
+            for level in range(len(net.priors)):
+                inputs[level].append(z_hat[level + 1])
+    return inputs
+
+
+def build_model_arrays(net: NestedLatentCodec, images) -> dict:
+    cfg = net.cfg
+    arrays = weights.float_arrays(net.state_dict())
+    # The float weights are stored as float16: calibrate what the decoder will actually load.
+    net.load_state_dict(weights.float_state_dict(arrays))
+    for level, inputs in enumerate(prior_inputs(net, images)):
+        prior = convert(net.priors[level], inputs, cfg.mean_grid, cfg.num_scales)
+        prior.check_bounds()
+        arrays.update(prior.arrays(prior_prefix(level)))
+    for key, value in build_tables(scale_table(cfg)).items():
+        arrays["tables/" + key] = value
+    return arrays
+
+
+@torch.no_grad()
+def exactness_cost(model: CodecModel, images, lambdas=(64.0, 1024.0, 8192.0)) -> dict:
+    """Bits of the integer path (ideal code length of its tables) vs the float model's estimate."""
+    from .latent_coding import quantise
+    from . import rans
+
+    net = model.torch_model
+    float_bits = int_bits = 0.0
+    for x in images:
+        for lam in lambdas:
+            out = net(x, torch.tensor([lam]), noisy=False)
+            float_bits += float(sum(b.sum() for b in out["bits"]))
+            ys = [y[0].numpy() for y in out["ys"]]
+            values, tables, _ = quantise(ys, model.priors, model.cfg.mean_grid, model.tables["lengths"].size - 1)
+            int_bits += rans.ideal_bits(values, tables, model.tables["cdfs"], model.tables["lengths"],
+                                        model.tables["offsets"])
+    return {"float_bits": round(float_bits), "integer_bits": round(int_bits),
+            "cost_percent": round(100 * (int_bits / float_bits - 1), 3)}
+
+
+def export(weights_path, out_path, val_dir="../shared/data/blades/drone_frames", val_images=6) -> dict:
+    net, train_info = load_float(weights_path)
+    net.eval()
+    arrays = build_model_arrays(net, calibration_images())
+    meta = {"config": net.cfg.to_dict(), "train": train_info, "source": str(weights_path)}
+    weights.save_arrays(out_path, arrays, meta)
+    model = CodecModel.load(out_path)
+    val = [image_tensor(read_rgb(p), 768) for p in list_images(PROJECT_ROOT / val_dir)[:val_images]]
+    if val:
+        meta["exactness"] = exactness_cost(model, val)
+        weights.save_arrays(out_path, arrays, meta)
+    return meta
+
+
+def main(args):
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    meta = export(args.weights, args.output)
+    print(f"wrote {args.output}; rate cost of the integer prior: {meta.get('exactness')}")

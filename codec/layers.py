@@ -1,0 +1,50 @@
+"""Building blocks of the float transforms: simplified GDN and λ-conditioned FiLM."""
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .lambdas import normalised_log_lambda
+
+
+class SimplifiedGDN(nn.Module):
+    """y = x / (β + Γ|x|) (Johnston et al. 2019); the inverse multiplies instead of divides.
+
+    β and Γ are kept positive by squaring a free parameter, so training cannot flip their sign.
+    """
+
+    def __init__(self, channels: int, inverse: bool = False):
+        super().__init__()
+        self.inverse = inverse
+        self.beta_param = nn.Parameter(torch.ones(channels))
+        self.gamma_param = nn.Parameter(torch.eye(channels).mul(0.1).sqrt().view(channels, channels, 1, 1))
+
+    def forward(self, x):
+        beta = self.beta_param.square() + 1e-6
+        gamma = self.gamma_param.square()
+        norm = F.conv2d(x.abs(), gamma, beta)
+        return x * norm if self.inverse else x / norm
+
+
+class LambdaFiLM(nn.Module):
+    """Per-channel scale and shift computed from log λ: one model serves every rate."""
+
+    def __init__(self, channels: int, hidden: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 2 * channels))
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.zeros_(self.net[2].bias)
+
+    def forward(self, x, lam):
+        t = normalised_log_lambda(lam).view(-1, 1).to(x.dtype)
+        scale, shift = self.net(t).chunk(2, dim=1)
+        return x * (1.0 + scale)[:, :, None, None] + shift[:, :, None, None]
+
+
+def down(cin: int, cout: int, kernel: int = 5):
+    """Strided convolution: output size is ceil(input / 2) for any input size."""
+    return nn.Conv2d(cin, cout, kernel, stride=2, padding=kernel // 2)
+
+
+def up(cin: int, cout: int, kernel: int = 5):
+    """Transposed convolution that exactly doubles the spatial size."""
+    return nn.ConvTranspose2d(cin, cout, kernel, stride=2, padding=kernel // 2, output_padding=1)

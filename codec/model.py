@@ -1,0 +1,216 @@
+"""The generalized nested latent model: x -> z1 -> ... -> zL (a Markov chain of strided analysis blocks).
+
+Shapes: z1 has stride 16, each further level halves the resolution again. Every level has the same
+channel count. zL has a fixed standard logistic prior; z_l (l < L) is Gaussian with mean and scale
+predicted from the decoded z_{l+1} by a small prior network that is later converted to an integer
+network (see integer_prior.py), so that encoder and decoder agree bit for bit.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, asdict
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .layers import SimplifiedGDN, LambdaFiLM, down, up
+
+LOG2 = math.log(2.0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    levels: int = 4            # L, 2..4
+    channels: int = 128        # N, width of the image transforms
+    latent_channels: int = 128  # C, common to every latent level
+    prior_channels: int = 128  # width of the prior networks
+    num_scales: int = 64       # size of the fixed scale table
+    scale_min: float = 0.11
+    scale_max: float = 256.0
+    mean_grid: int = 8         # means live on multiples of 1/mean_grid
+
+    def __post_init__(self):
+        if not 2 <= self.levels <= 4:
+            raise ValueError(f"levels must be 2..4, got {self.levels}")
+
+    @property
+    def stride(self) -> int:
+        """Pixels per position of z1."""
+        return 16
+
+    @property
+    def alignment(self) -> int:
+        """z1 positions per position of zL: tile sizes must be multiples of it."""
+        return 2 ** (self.levels - 1)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def scale_table(cfg: ModelConfig):
+    """The fixed, log-spaced scale table indexed by the prior's integer output."""
+    step = math.log(cfg.scale_max / cfg.scale_min) / (cfg.num_scales - 1)
+    return [cfg.scale_min * math.exp(i * step) for i in range(cfg.num_scales)]
+
+
+def ste_round(x):
+    """Rounding whose gradient is the identity (straight-through)."""
+    return x + (torch.round(x) - x).detach()
+
+
+class ImageAnalysis(nn.Module):
+    """x (B,3,H,W in [0,1]) -> y1 (B,C,H/16,W/16)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        n, c = cfg.channels, cfg.latent_channels
+        self.convs = nn.ModuleList([down(3, n), down(n, n), down(n, n), down(n, c)])
+        self.gdns = nn.ModuleList([SimplifiedGDN(n) for _ in range(3)])
+        self.films = nn.ModuleList([LambdaFiLM(n) for _ in range(3)])
+
+    def forward(self, x, lam):
+        h = x - 0.5
+        for conv, gdn, film in zip(self.convs[:-1], self.gdns, self.films):
+            h = film(gdn(conv(h)), lam)
+        return self.convs[-1](h)
+
+
+class LatentAnalysis(nn.Module):
+    """y_l -> y_{l+1}: one more strided block of the Markov chain."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c = cfg.latent_channels
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.film = LambdaFiLM(c)
+        self.conv2 = down(c, c)
+
+    def forward(self, y, lam):
+        return self.conv2(self.film(F.leaky_relu(self.conv1(y), 0.1), lam))
+
+
+class Analysis(nn.Module):
+    """Everything the drone runs: image -> [y1, ..., yL] (continuous, unquantised)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.image = ImageAnalysis(cfg)
+        self.latent = nn.ModuleList([LatentAnalysis(cfg) for _ in range(cfg.levels - 1)])
+
+    def forward(self, x, lam):
+        ys = [self.image(x, lam)]
+        for block in self.latent:
+            ys.append(block(ys[-1], lam))
+        return ys
+
+
+class Synthesis(nn.Module):
+    """z1 (B,C,h,w) -> x_hat (B,3,16h,16w)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        n, c = cfg.channels, cfg.latent_channels
+        self.convs = nn.ModuleList([up(c, n), up(n, n), up(n, n), up(n, 3)])
+        self.gdns = nn.ModuleList([SimplifiedGDN(n, inverse=True) for _ in range(3)])
+        self.films = nn.ModuleList([LambdaFiLM(n) for _ in range(3)])
+
+    def forward(self, z, lam):
+        h = z
+        for conv, gdn, film in zip(self.convs[:-1], self.gdns, self.films):
+            h = film(gdn(conv(h)), lam)
+        return self.convs[-1](h) + 0.5
+
+
+class PriorNet(nn.Module):
+    """z_{l+1} (decoded) -> (scale index u, mean) of z_l.
+
+    Plain conv + ReLU layers only, so the trained network converts to an integer network.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c, h = cfg.latent_channels, cfg.prior_channels
+        self.layers = nn.ModuleList([
+            nn.ConvTranspose2d(c, h, 4, stride=2, padding=1),
+            nn.Conv2d(h, h, 3, padding=1),
+            nn.Conv2d(h, 2 * c, 3, padding=1),
+        ])
+        self.num_scales = cfg.num_scales
+        # Start near the middle of the scale table, not at its floor.
+        nn.init.constant_(self.layers[-1].bias[:c], cfg.num_scales / 2)
+        nn.init.zeros_(self.layers[-1].bias[c:])
+
+    def forward(self, z_next, out_hw):
+        h = z_next
+        for layer in self.layers[:-1]:
+            h = F.relu(layer(h))
+        out = self.layers[-1](h)[:, :, : out_hw[0], : out_hw[1]]
+        u, mean = out.chunk(2, dim=1)
+        return u, mean
+
+
+def logistic_likelihood(z):
+    """P(round(z)) under the fixed standard logistic prior, for noisy or rounded z."""
+    upper = torch.sigmoid(z + 0.5)
+    lower = torch.sigmoid(z - 0.5)
+    return (upper - lower).clamp_min(1e-9)
+
+
+def gaussian_likelihood(r, scale):
+    """P(r) for a zero-mean Gaussian convolved with a unit box, r = z - mean."""
+    r = r.abs()  # the symmetric form is numerically safer in the tails
+    upper = torch.special.ndtr((0.5 - r) / scale)
+    lower = torch.special.ndtr((-0.5 - r) / scale)
+    return (upper - lower).clamp_min(1e-9)
+
+
+class NestedLatentCodec(nn.Module):
+    def __init__(self, cfg: ModelConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or ModelConfig()
+        self.analysis = Analysis(self.cfg)
+        self.synthesis = Synthesis(self.cfg)
+        self.priors = nn.ModuleList([PriorNet(self.cfg) for _ in range(self.cfg.levels - 1)])
+        self.log_scale_min = math.log(self.cfg.scale_min)
+        self.log_scale_step = math.log(self.cfg.scale_max / self.cfg.scale_min) / (self.cfg.num_scales - 1)
+
+    def scale_from_index(self, u):
+        u = u.clamp(0.0, self.cfg.num_scales - 1)
+        return torch.exp(self.log_scale_min + u * self.log_scale_step)
+
+    def quantise_mean(self, mean):
+        q = self.cfg.mean_grid
+        return ste_round(mean * q) / q
+
+    def top_down(self, ys, noisy: bool):
+        """Quantise the latents from zL down to z1.
+
+        Returns the decoded latents (straight-through rounded, what the decoder sees) and the
+        likelihood of each level (with uniform noise in training, exact rounding otherwise).
+        """
+        levels = len(ys)
+        z_hat = [None] * levels
+        likelihoods = [None] * levels
+        y_top = ys[-1]
+        z_hat[-1] = ste_round(y_top)
+        z_rate = y_top + torch.empty_like(y_top).uniform_(-0.5, 0.5) if noisy else z_hat[-1]
+        likelihoods[-1] = logistic_likelihood(z_rate)
+        for level in range(levels - 2, -1, -1):
+            y = ys[level]
+            u, mean = self.priors[level](z_hat[level + 1], y.shape[-2:])
+            mean = self.quantise_mean(mean)
+            residual = ste_round(y - mean)
+            z_hat[level] = residual + mean
+            r_rate = (y - mean + torch.empty_like(y).uniform_(-0.5, 0.5)) if noisy else residual
+            likelihoods[level] = gaussian_likelihood(r_rate, self.scale_from_index(u))
+        return z_hat, likelihoods
+
+    def forward(self, x, lam, noisy: bool = True):
+        ys = self.analysis(x, lam)
+        z_hat, likelihoods = self.top_down(ys, noisy)
+        x_hat = self.synthesis(z_hat[0], lam)
+        num_pixels = x.shape[-2] * x.shape[-1]
+        bits = [-(lk.log().sum(dim=(1, 2, 3))) / LOG2 for lk in likelihoods]
+        bpp = sum(bits) / num_pixels
+        return {"x_hat": x_hat, "bpp": bpp, "bits": bits, "ys": ys, "z_hat": z_hat}

@@ -1,0 +1,82 @@
+"""The analysis side as ONNX graphs, and an ONNX Runtime backend for the tiled encoder.
+
+Two graphs, because the image analysis runs window by window while the latent chain runs once on the
+whole (small) y1 grid:
+- image analysis: x (1,3,H,W) float32 in [0,1], lam (1,) -> y1 (1,C,H/16,W/16); H, W dynamic;
+- latent analysis: y1 (1,C,h,w), lam (1,) -> y2, ..., yL.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+OPSET = 17
+
+
+class _LatentChain(nn.Module):
+    def __init__(self, blocks):
+        super().__init__()
+        self.blocks = blocks
+
+    def forward(self, y1, lam):
+        ys, y = [], y1
+        for block in self.blocks:
+            y = block(y, lam)
+            ys.append(y)
+        return tuple(ys)
+
+
+def export_image_analysis(net, path, opset: int = OPSET):
+    x = torch.rand(1, 3, 64, 96)
+    lam = torch.tensor([256.0])
+    torch.onnx.export(net.analysis.image, (x, lam), str(path), input_names=["x", "lam"], output_names=["y1"],
+                      dynamic_axes={"x": {2: "height", 3: "width"}, "y1": {2: "h1", 3: "w1"}},
+                      opset_version=opset, dynamo=False)
+
+
+def export_latent_analysis(net, path, opset: int = OPSET):
+    levels = len(net.analysis.latent) + 1
+    y1 = torch.randn(1, net.cfg.latent_channels, 8, 12)
+    lam = torch.tensor([256.0])
+    outputs = [f"y{l}" for l in range(2, levels + 1)]
+    dyn = {"y1": {2: "h1", 3: "w1"}}
+    dyn.update({name: {2: f"h{name[1:]}", 3: f"w{name[1:]}"} for name in outputs})
+    torch.onnx.export(_LatentChain(net.analysis.latent), (y1, lam), str(path), input_names=["y1", "lam"],
+                      output_names=outputs, dynamic_axes=dyn, opset_version=opset, dynamo=False)
+
+
+def export_analysis(net, out_dir) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    image_path, latent_path = out_dir / "encoder.onnx", out_dir / "encoder_latent.onnx"
+    export_image_analysis(net, image_path)
+    export_latent_analysis(net, latent_path)
+    return image_path, latent_path
+
+
+class OrtTransforms:
+    """The analysis through ONNX Runtime sessions (CPU or CUDA provider), same interface as TorchTransforms."""
+
+    def __init__(self, image_session, latent_session, lam: float):
+        self.image_session = image_session
+        self.latent_session = latent_session
+        self.lam = np.array([lam], dtype=np.float32)
+
+    @classmethod
+    def from_files(cls, image_path, latent_path, lam: float, providers=("CPUExecutionProvider",), threads=0):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        make = lambda p: ort.InferenceSession(str(p), opts, providers=list(providers))
+        return cls(make(image_path), make(latent_path), lam)
+
+    def image(self, x: np.ndarray) -> np.ndarray:
+        return self.image_session.run(None, {"x": x, "lam": self.lam})[0]
+
+    def latent(self, y1: np.ndarray) -> list:
+        return self.latent_session.run(None, {"y1": y1, "lam": self.lam})

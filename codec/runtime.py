@@ -1,0 +1,76 @@
+"""A loaded model: the exact parts (integer priors, CDF tables, model id) and, on demand, the float
+transforms. The exact parts need only numpy, so a drone running the analysis in TensorRT or ONNX
+Runtime never needs the float decoder.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from . import weights
+from .cdf_tables import check_tables
+from .errors import CodecError
+from .integer_prior import IntegerPrior
+from .model import ModelConfig
+
+TABLE_KEYS = ("cdfs", "lengths", "offsets")
+
+
+def prior_prefix(level: int) -> str:
+    return f"prior/{level}/"
+
+
+class CodecModel:
+    def __init__(self, arrays: dict, meta: dict, path: Path):
+        self.path = path
+        self.meta = meta
+        try:
+            self.cfg = ModelConfig(**meta["config"])
+            self.tables = {k: arrays["tables/" + k] for k in TABLE_KEYS}
+            check_tables(**self.tables)
+            self.priors = [IntegerPrior.from_arrays(arrays, prior_prefix(l), self.cfg.num_scales)
+                           for l in range(self.cfg.levels - 1)]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CodecError(f"{path}: not a complete codec model ({e}); "
+                             "export one with `python -m codec export-model`") from None
+        if self.tables["lengths"].size != self.cfg.num_scales + 1:
+            raise CodecError(f"{path}: CDF tables do not match the scale table")
+        self.model_id = weights.model_id_of(arrays)
+        self._arrays = arrays
+
+    @classmethod
+    def load(cls, path=None) -> "CodecModel":
+        path = Path(path) if path else weights.DEFAULT_MODEL
+        arrays, meta = weights.load_arrays(path)
+        return cls(arrays, meta, path)
+
+    def alignment_of(self, levels: int) -> int:
+        if levels != self.cfg.levels:
+            raise CodecError(f"bitstream has {levels} latent levels, the model has {self.cfg.levels}")
+        return self.cfg.alignment
+
+    @cached_property
+    def torch_model(self):
+        """The float network (analysis and synthesis), loaded on first use."""
+        import torch
+        from .model import NestedLatentCodec
+
+        net = NestedLatentCodec(self.cfg)
+        net.load_state_dict(weights.float_state_dict(self._arrays))
+        net.eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        return net
+
+    def float_arrays(self) -> dict:
+        return {k: v for k, v in self._arrays.items() if k.startswith(weights.FLOAT_PREFIX)}
+
+    def level_shapes(self, h1: int, w1: int):
+        """(C, h, w) of every level for a z1 grid of h1 x w1."""
+        shapes, h, w = [], h1, w1
+        for _ in range(self.cfg.levels):
+            shapes.append((self.cfg.latent_channels, h, w))
+            h, w = -(-h // 2), -(-w // 2)
+        return shapes

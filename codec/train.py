@@ -1,0 +1,246 @@
+"""Variable-λ training on the CPU: `python -m codec train --config codec/configs/default.yaml`.
+
+Resumable: the run directory holds last.pt (model, optimiser, step, RNG states); a run can also start
+from a model file (the shipped default weights) when its checkpoints are gone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from .data import CropSampler, list_images
+from .errors import CodecError
+from .imageio import read_rgb
+from .lambdas import LAMBDA_MAX, LAMBDA_MIN
+from .model import ModelConfig, NestedLatentCodec
+from . import weights
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("codec.train")
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "~/.cache/bladecodec/runs/default"
+    sources: list = field(default_factory=lambda: [
+        {"path": "../shared/data/train", "weight": 0.6},
+        {"path": "../shared/data/blades/dtu_nordtank", "weight": 0.4},
+    ])
+    crop: int = 128
+    batch: int = 8
+    steps: int = 200_000
+    lr: float = 3e-4
+    lr_end: float = 3e-5
+    warmup: int = 500
+    grad_clip: float = 1.0
+    lambda_min: float = LAMBDA_MIN
+    lambda_max: float = LAMBDA_MAX
+    threads: int = 2
+    seed: int = 0
+    checkpoint_every: int = 200
+    val_every: int = 1000
+    val_dir: str = "../shared/data/blades/drone_frames"
+    val_images: int = 6
+    val_lambdas: list = field(default_factory=lambda: [64, 256, 1024, 4096])
+    init_from: str = ""            # a model .npz to start from when the run has no checkpoint
+    model: dict = field(default_factory=dict)
+    channels_last: bool = False
+
+    @classmethod
+    def from_yaml(cls, path):
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise CodecError(f"cannot read training config {path}: {e}") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise CodecError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
+        unknown_model = sorted(set(raw.get("model", {})) - {f.name for f in dataclasses.fields(ModelConfig)})
+        if unknown_model:
+            raise CodecError(f"{path}: unknown key 'model.{unknown_model[0]}'")
+        return cls(**raw)
+
+
+def resolve(path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def sample_lambdas(rng: np.random.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
+    """Log-uniform per sample, so every rate gets the same share of the training signal."""
+    return torch.from_numpy(np.exp(rng.uniform(math.log(lo), math.log(hi), n))).float()
+
+
+def rd_loss(out, x, lam):
+    mse = (out["x_hat"] - x).square().mean(dim=(1, 2, 3))
+    return (out["bpp"] + lam * mse).mean(), out["bpp"].mean(), mse.mean()
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr_end + 0.5 * (cfg.lr - cfg.lr_end) * (1 + math.cos(math.pi * t))
+
+
+def psnr(mse: float) -> float:
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+class Validator:
+    """Fixed drone frames at fixed λ: estimated bpp (rounded latents) and PSNR."""
+
+    def __init__(self, cfg: TrainConfig):
+        paths = list_images(resolve(cfg.val_dir))[: cfg.val_images] if resolve(cfg.val_dir).is_dir() else []
+        self.images = [self._prep(read_rgb(p)) for p in paths]
+        self.lambdas = cfg.val_lambdas
+
+    @staticmethod
+    def _prep(rgb):
+        h, w = (rgb.shape[0] // 16) * 16, (rgb.shape[1] // 16) * 16
+        return torch.from_numpy(rgb[:h, :w].transpose(2, 0, 1).copy()).float().div(255).unsqueeze(0)
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict:
+        model.eval()
+        result = {}
+        for lam in self.lambdas:
+            bpps, mses = [], []
+            for x in self.images:
+                out = model(x, torch.tensor([float(lam)]), noisy=False)
+                bpps.append(out["bpp"].item())
+                mses.append((out["x_hat"].clamp(0, 1) - x).square().mean().item())
+            result[lam] = (float(np.mean(bpps)), float(np.mean([psnr(m) for m in mses])))
+        model.train()
+        return result
+
+    @staticmethod
+    def score(result: dict) -> float:
+        """One number to pick the best checkpoint: mean RD loss over the validation λs."""
+        return float(np.mean([b + lam * 10 ** (-p / 10) for lam, (b, p) in result.items()]))
+
+
+def build_model(cfg: TrainConfig) -> NestedLatentCodec:
+    return NestedLatentCodec(ModelConfig(**cfg.model))
+
+
+def save_checkpoint(path: Path, model, opt, step, sampler, best):
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                "torch_rng": torch.get_rng_state(), "sampler_rng": sampler.rng.bit_generator.state,
+                "best": best, "model_config": model.cfg.to_dict()}, tmp)
+    tmp.replace(path)
+
+
+def export_float_model(model, path: Path, info: dict):
+    weights.save_arrays(path, weights.float_arrays(model.state_dict()),
+                        {"config": model.cfg.to_dict(), "train": info})
+
+
+def restore(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
+    """Returns (step, best score). Prefers the run's checkpoint, then cfg.init_from, else fresh."""
+    ckpt = run_dir / "last.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        torch.set_rng_state(state["torch_rng"])
+        sampler.rng.bit_generator.state = state["sampler_rng"]
+        log.info("resumed from %s at step %d", ckpt, state["step"])
+        return state["step"], state["best"]
+    if cfg.init_from:
+        arrays, meta = weights.load_arrays(resolve(cfg.init_from))
+        model.load_state_dict(weights.float_state_dict(arrays))
+        step = int(meta.get("train", {}).get("step", 0))
+        log.info("started from model file %s (trained %d steps)", cfg.init_from, step)
+        return step, float("inf")
+    return 0, float("inf")
+
+
+def train(cfg: TrainConfig):
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    run_dir = resolve(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logging.getLogger("codec").addHandler(handler)
+    logging.getLogger("codec").setLevel(logging.INFO)
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+
+    sampler = CropSampler([(str(resolve(s["path"])), s["weight"]) for s in cfg.sources], cfg.crop, cfg.seed)
+    model = build_model(cfg)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    step, best = restore(cfg, run_dir, model, opt, sampler)
+    validator = Validator(cfg)
+    rng = np.random.default_rng(cfg.seed + step)
+    log.info("training %s for %d steps, batch %d x %d px", run_dir, cfg.steps, cfg.batch, cfg.crop)
+    t_start, wall_before = time.time(), _wall_so_far(run_dir)
+    window = []
+    while step < cfg.steps:
+        t0 = time.time()
+        x = torch.from_numpy(sampler.batch(cfg.batch))
+        if cfg.channels_last:
+            x = x.to(memory_format=torch.channels_last)
+        lam = sample_lambdas(rng, cfg.batch, cfg.lambda_min, cfg.lambda_max)
+        for g in opt.param_groups:
+            g["lr"] = learning_rate(cfg, step)
+        loss, bpp, mse = rd_loss(model(x, lam), x, lam)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        window.append((loss.item(), bpp.item(), mse.item(), time.time() - t0))
+        if step % 50 == 0:
+            a = np.mean(window, axis=0)
+            log.info("step %d loss %.4f bpp %.4f psnr %.2f  %.2f steps/s", step, a[0], a[1], psnr(a[2]), 1 / a[3])
+            window.clear()
+        wall = wall_before + time.time() - t_start
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_checkpoint(run_dir / "last.pt", model, opt, step, sampler, best)
+            _write_wall(run_dir, wall)
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            result = validator(model)
+            score = Validator.score(result)
+            log.info("val step %d: %s score %.4f", step,
+                     "  ".join(f"λ{lam}: {b:.3f} bpp {p:.2f} dB" for lam, (b, p) in result.items()), score)
+            info = {"step": step, "wall_seconds": round(wall), "val": {str(k): v for k, v in result.items()}}
+            export_float_model(model, run_dir / "last.npz", info)
+            if score < best:
+                best = score
+                export_float_model(model, run_dir / "best.npz", info)
+                save_checkpoint(run_dir / "last.pt", model, opt, step, sampler, best)
+    log.info("finished at step %d", step)
+
+
+def _wall_so_far(run_dir: Path) -> float:
+    f = run_dir / "wall_seconds"
+    return float(f.read_text()) if f.exists() else 0.0
+
+
+def _write_wall(run_dir: Path, wall: float):
+    (run_dir / "wall_seconds").write_text(f"{wall:.0f}")
+
+
+def main(args):
+    cfg = TrainConfig.from_yaml(args.config)
+    if args.steps:
+        cfg.steps = args.steps
+    if args.run_dir:
+        cfg.run_dir = args.run_dir
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    train(cfg)

@@ -1,0 +1,90 @@
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from codec.integer_prior import IntegerPrior, conv2d_exact, conv_transpose2x_exact
+from tests.conftest import PROJECT_ROOT, synthetic_image
+
+
+def _ints(shape, lo, hi, seed):
+    return np.random.default_rng(seed).integers(lo, hi, shape).astype(np.float64)
+
+
+def test_conv_is_exact_against_integer_reference():
+    x = _ints((8, 9, 11), -(1 << 15), 1 << 15, 0)
+    w = _ints((5, 8, 3, 3), -2047, 2048, 1)
+    ref = F.conv2d(torch.from_numpy(x).long()[None].double(), torch.from_numpy(w).double(), padding=1)[0]
+    got = conv2d_exact(x, w, pad=1)
+    # an int64 reference: sum of products computed exactly with Python-sized integers
+    xi, wi = x.astype(np.int64), w.astype(np.int64)
+    xp = np.pad(xi, ((0, 0), (1, 1), (1, 1)))
+    exact = np.zeros((5, 9, 11), np.int64)
+    for dy in range(3):
+        for dx in range(3):
+            exact += np.einsum("oc,chw->ohw", wi[:, :, dy, dx], xp[:, dy:dy + 9, dx:dx + 11])
+    np.testing.assert_array_equal(got, exact)
+    np.testing.assert_array_equal(ref.numpy(), exact)
+
+
+def test_transposed_conv_matches_torch():
+    x = _ints((4, 5, 7), -1000, 1000, 2)
+    w = _ints((4, 6, 4, 4), -2047, 2048, 3)
+    ref = F.conv_transpose2d(torch.from_numpy(x)[None], torch.from_numpy(w), stride=2, padding=1)[0]
+    got = conv_transpose2x_exact(x, w)
+    assert got.shape == (6, 10, 14)
+    np.testing.assert_array_equal(got, ref.numpy())
+
+
+def test_integer_prior_follows_the_float_prior(tiny_model):
+    """Converted after training: scale indices within one step of the float network's, means close."""
+    net = tiny_model.torch_model
+    x = torch.from_numpy(synthetic_image(96, 128, seed=9).transpose(2, 0, 1).copy()).float().div(255)[None]
+    lam = torch.tensor([512.0])
+    with torch.no_grad():
+        ys = net.analysis(x, lam)
+        z_hat, _ = net.top_down(ys, noisy=False)
+        u, mean = net.priors[0](z_hat[1], ys[0].shape[-2:])
+    grid = tiny_model.cfg.mean_grid
+    index, mean_q = tiny_model.priors[0]((z_hat[1][0].numpy() * grid).round().astype(np.int64), ys[0].shape[-2:])
+    u_ref = np.clip(np.round(u[0].numpy()), 0, tiny_model.cfg.num_scales - 1)
+    assert np.mean(np.abs(index - u_ref) <= 1) > 0.99
+    assert np.abs(mean_q / grid - mean[0].numpy()).max() <= 1.0 / grid
+
+
+def test_bounds_check_refuses_an_overflowing_layer(tiny_model):
+    layers = [dict(layer) for layer in tiny_model.priors[0].layers]
+    layers[1]["w"] = np.full_like(layers[1]["w"], 2047)
+    layers[1]["b"] = np.full_like(layers[1]["b"], 1 << 45)
+    with pytest.raises(ValueError, match="exact range"):
+        IntegerPrior(layers, tiny_model.cfg.num_scales).check_bounds()
+
+
+SCRIPT = """
+import hashlib, sys, numpy as np
+from codec.runtime import CodecModel
+m = CodecModel.load(sys.argv[1])
+rng = np.random.default_rng(0)
+z = rng.integers(-400, 400, (m.cfg.latent_channels, 40, 56)).astype(np.int64)
+h = hashlib.sha256()
+for prior in m.priors:
+    index, mean = prior(z, (80, 112))
+    h.update(index.tobytes()); h.update(mean.tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_same_integers_with_any_blas_thread_count(tiny_model):
+    digests = set()
+    for threads in ("1", "2"):
+        env = {"OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+               "PATH": "/usr/bin:/bin"}
+        out = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_model.path)], cwd=PROJECT_ROOT, env=env,
+                             capture_output=True, text=True, check=True)
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1

@@ -1,0 +1,94 @@
+"""Round trips through the public API on real blade photos and on synthetic images of awkward sizes."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from codec import api
+from codec.errors import CodecError
+from codec.imageio import Photo, read_photo
+from codec.lambdas import index_of_lambda, lambda_of_index
+from tests.conftest import blade_photos, synthetic_image
+
+
+def psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * np.log10(255.0 ** 2 / max(mse, 1e-12))
+
+
+def test_blade_photos_round_trip(default_model):
+    for path in blade_photos(3):
+        photo = read_photo(path)
+        enc = api.compress(default_model, photo, index_of_lambda(1024))
+        out = api.decompress(default_model, enc.data)
+        assert out.pixels.shape == photo.pixels.shape
+        assert psnr(out.pixels, photo.pixels) > 15
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (17, 33), (16, 16), (31, 1), (129, 257), (200, 48)])
+def test_odd_sizes_round_trip(tiny_model, h, w):
+    photo = Photo(synthetic_image(h, w, seed=h * w))
+    enc = api.compress(tiny_model, photo, 100, tile_px=128)
+    out = api.decompress(tiny_model, enc.data)
+    assert out.pixels.shape == (h, w, 3)
+    c = api.read_container(tiny_model, enc.data)
+    assert (c.header.width, c.header.height) == (w, h)
+
+
+def test_decoded_latents_equal_the_encoders(tiny_model):
+    photo = Photo(synthetic_image(150, 260, seed=3))
+    enc = api.compress(tiny_model, photo, 80, tile_px=128, keep_latents=True)
+    zq, _ = api.decode_latents(tiny_model, api.read_container(tiny_model, enc.data))
+    for a, b in zip(enc.latents, zq):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_grey_and_rgba_inputs(tmp_path, tiny_model):
+    from codec.imageio import read_photo
+    grey = Image.fromarray(synthetic_image(40, 50)[..., 0], "L")
+    grey.save(tmp_path / "g.png")
+    photo = read_photo(tmp_path / "g.png")
+    assert photo.pixels.shape == (40, 50, 3)
+    rgba = np.dstack([synthetic_image(40, 50), np.full((40, 50), 255, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
+    assert read_photo(tmp_path / "opaque.png").pixels.shape == (40, 50, 3)
+    rgba[0, 0, 3] = 10
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "transparent.png")
+    with pytest.raises(CodecError, match="alpha"):
+        read_photo(tmp_path / "transparent.png")
+
+
+def test_refuses_bad_arrays(tiny_model):
+    with pytest.raises(CodecError):
+        api.compress(tiny_model, Photo(np.zeros((10, 10), np.uint8)), 10)
+    with pytest.raises(CodecError):
+        api.compress(tiny_model, Photo(np.zeros((0, 10, 3), np.uint8)), 10)
+    with pytest.raises(CodecError):
+        api.compress(tiny_model, Photo(np.zeros((10, 10, 3), np.uint8)), 999)
+
+
+def test_wrong_model_is_refused(tiny_model, default_model):
+    enc = api.compress(tiny_model, Photo(synthetic_image(20, 20)), 10, tile_px=128)
+    with pytest.raises(CodecError):
+        api.decompress(default_model, enc.data)
+
+
+def test_file_size_matches_the_models_estimate(default_model):
+    """Payload bytes within 1 % of the float model's estimated bits; the rest is the header."""
+    import torch
+    from codec import container
+
+    photo = read_photo(blade_photos(1)[0])
+    lam_index = index_of_lambda(1024)
+    enc = api.compress(default_model, photo, lam_index, tile_px=4096)
+    c = api.read_container(default_model, enc.data)
+    payload_bits = 8 * sum(len(t) for t in c.tiles)
+    header = len(enc.data) - payload_bits // 8
+    assert header == container.FIXED.size + 8 + 4 + len(container.pack_metadata(c.metadata))
+    h, w = photo.pixels.shape[:2]
+    x = np.pad(photo.pixels, ((0, -h % 16), (0, -w % 16), (0, 0)), mode="edge")
+    x = torch.from_numpy(x.transpose(2, 0, 1).copy()).float().div(255)[None]
+    with torch.no_grad():
+        out = default_model.torch_model(x, torch.tensor([lambda_of_index(lam_index)]), noisy=False)
+    estimate = float(sum(b.sum() for b in out["bits"]))
+    assert abs(payload_bits - estimate) <= 0.01 * estimate
+    assert abs(payload_bits - enc.ideal_bits) <= 0.005 * enc.ideal_bits + 64

@@ -1,0 +1,73 @@
+"""Tiles and transform windows: no seams, the same picture as whole-image coding, bounded geometry."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from codec import api
+from codec.imageio import Photo, read_photo
+from codec.lambdas import index_of_lambda, lambda_of_index
+from codec.tiling import TileGeometry, analyse, synthesise
+from codec.transforms import TorchTransforms
+from tests.conftest import DATA, need_data, synthetic_image
+
+WHOLE = 10 ** 6  # a window larger than any test image: whole-image processing
+
+
+def psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * np.log10(255.0 ** 2 / mse)
+
+
+def two_megapixel_photo() -> np.ndarray:
+    path = need_data(DATA / "train" / "wikipedia_photos") / "018.png"
+    im = Image.open(path).convert("RGB")
+    return np.asarray(im.resize((1754, 1168), Image.LANCZOS))
+
+
+def whole_image_reconstruction(model, pixels, lam_index):
+    h, w = pixels.shape[:2]
+    g = TileGeometry(w, h, 4096, model.cfg.levels)
+    t = TorchTransforms(model.torch_model, lambda_of_index(lam_index))
+    ys = analyse(t.image, t.latent, pixels, g, window=WHOLE)
+    payloads, _, _, zq = api.encode_latents(model, ys, g, keep_latents=True)
+    return synthesise(t.synth, (zq[0] / model.cfg.mean_grid).astype(np.float32), g, window=WHOLE), payloads
+
+
+def test_tiled_matches_whole_image_coding(default_model):
+    pixels = two_megapixel_photo()
+    lam_index = index_of_lambda(1024)
+    whole, payloads = whole_image_reconstruction(default_model, pixels, lam_index)
+    assert len(payloads) == 1
+    enc = api.compress(default_model, Photo(pixels), lam_index, tile_px=512, threads=2)
+    c = api.read_container(default_model, enc.data)
+    assert c.header.tiles_x * c.header.tiles_y == 12
+    tiled = api.decompress(default_model, enc.data, threads=2).pixels
+    assert abs(psnr(tiled, pixels) - psnr(whole, pixels)) < 0.1
+    # at the window seams (every 512 px) the tiled picture equals the whole-image one to within rounding
+    for x in (512, 1024, 1536):
+        seam = np.abs(tiled[:, x - 4:x + 4].astype(int) - whole[:, x - 4:x + 4].astype(int))
+        assert seam.max() <= 2
+
+
+def test_window_size_does_not_change_the_picture(tiny_model):
+    pixels = synthetic_image(300, 420, seed=2)
+    g = TileGeometry(420, 300, 128, tiny_model.cfg.levels)
+    t = TorchTransforms(tiny_model.torch_model, 700.0)
+    small = analyse(t.image, t.latent, pixels, g, window=4)
+    whole = analyse(t.image, t.latent, pixels, g, window=WHOLE)
+    for a, b in zip(small, whole):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    z1 = np.round(whole[0])
+    diff = synthesise(t.synth, z1, g, window=4).astype(int) - synthesise(t.synth, z1, g, window=WHOLE)
+    assert np.abs(diff).max() <= 1  # float summation order only
+
+
+@pytest.mark.parametrize("w, h, tile", [(1, 1, 128), (4000, 3000, 1024), (5472, 3648, 2048), (129, 4097, 256)])
+def test_tiles_cover_every_level_exactly_once(w, h, tile):
+    g = TileGeometry(w, h, tile, 4)
+    for level, (lh, lw) in enumerate(g.level_sizes()):
+        cover = np.zeros((lh, lw), np.int32)
+        for regions in g.tiles():
+            rs, cs = regions[level]
+            cover[rs, cs] += 1
+        assert cover.min() == 1 and cover.max() == 1

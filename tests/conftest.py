@@ -1,0 +1,59 @@
+"""Shared fixtures: the bundled model, a tiny model built here, real photos when ../shared/data exists."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DATA = PROJECT_ROOT.parent / "shared" / "data"
+BLADES = DATA / "blades" / "drone_frames"
+
+
+def need_data(path: Path) -> Path:
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent (the shared photo folder is not next to this checkout)")
+    return path
+
+
+def synthetic_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A photo-like test image: smooth shading, a hard edge, fine texture and noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    base = 120 + 60 * np.sin(xx / max(w, 1) * 3.0)[..., None] * np.array([1.0, 0.8, 0.6])
+    base = base + 40 * np.cos(yy / max(h, 1) * 2.0)[..., None]
+    base[(xx > w / 2) & (yy > h / 3)] += 50
+    base += 12 * np.sin(xx * 1.3 + yy * 0.7)[..., None]
+    base += rng.normal(0, 4, base.shape)
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    from codec.runtime import CodecModel
+    return CodecModel.load()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A small, untrained (random) model exported with the real export code: fast enough for fuzzing."""
+    from codec import weights
+    from codec.export_model import build_model_arrays
+    from codec.model import ModelConfig, NestedLatentCodec
+    from codec.runtime import CodecModel
+
+    torch.manual_seed(0)
+    net = NestedLatentCodec(ModelConfig(levels=3, channels=16, latent_channels=8, prior_channels=8))
+    net.eval()
+    images = [torch.from_numpy(synthetic_image(64, 96, s).transpose(2, 0, 1).copy()).float().div(255)[None]
+              for s in range(3)]
+    path = tmp_path_factory.mktemp("tiny") / "tiny.npz"
+    weights.save_arrays(path, build_model_arrays(net, images), {"config": net.cfg.to_dict()})
+    return CodecModel.load(path)
+
+
+def blade_photos(n: int):
+    from codec.data import list_images
+    return list_images(need_data(BLADES))[:n]

@@ -45,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export-model", help="float weights -> complete model (integer priors, CDF tables)")
     e.add_argument("--weights", required=True, help="a training run's best.npz or last.pt")
     e.add_argument("-o", "--output", required=True)
+    b = sub.add_parser("bench", help="rate-distortion and speed against JPEG, WebP, JPEG 2000, AVIF, JPEG XL, HEIC")
+    b.add_argument("--data", action="append", required=True, help="image folder (repeatable)")
+    b.add_argument("--out", required=True)
+    b.add_argument("--model")
+    b.add_argument("--lambdas", type=float, nargs="+", default=[64, 256, 1024, 4096, 8192])
+    b.add_argument("--max-images", type=int, default=0)
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--codecs", nargs="+", help="subset of codecs to run (names as in the table)")
     return p
 
 
@@ -131,6 +139,9 @@ def main(argv=None) -> int:
         elif args.command == "train":
             from . import train
             train.main(args)
+        elif args.command == "bench":
+            from .bench import rd
+            rd.main(args)
         elif args.command == "export-model":
             from . import export_model
             export_model.main(args)

@@ -1,0 +1,1 @@
+"""Benchmarks: rate-distortion and speed against the standard anchors, the entropy coder, memory."""

@@ -1,0 +1,160 @@
+"""`python -m codec bench --data DIR --out DIR`: this codec and the anchors on the same images, same run.
+
+Writes per_image.csv, summary.csv (mean RD point per codec and setting, with s/MP), bd_rate.csv
+(BD-rate in PSNR and MS-SSIM of every codec against HEIC) and rd.png, and prints a Markdown table.
+"""
+from __future__ import annotations
+
+import csv
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .. import api
+from ..data import list_images
+from ..errors import CodecError
+from ..imageio import Photo, read_rgb
+from ..lambdas import index_of_lambda
+from ..runtime import CodecModel
+from .anchors import Anchor, anchors
+from .metrics import bd_rate, ms_ssim, psnr
+
+DEFAULT_LAMBDAS = (64, 256, 1024, 4096, 8192)
+REFERENCE = "HEIC"
+FIELDS = ["dataset", "image", "codec", "setting", "bytes", "bpp", "psnr", "ms_ssim", "enc_s_per_mp", "dec_s_per_mp"]
+
+
+def ours(model: CodecModel, lambdas, threads: int) -> Anchor:
+    def encode(pixels, lam):
+        return api.compress(model, Photo(pixels), index_of_lambda(lam), threads=threads).data
+
+    def decode(data):
+        return api.decompress(model, data, threads=threads).pixels
+
+    return Anchor("ours", list(lambdas), encode, decode)
+
+
+def measure(codec: Anchor, pixels: np.ndarray, setting) -> dict:
+    mp = pixels.shape[0] * pixels.shape[1] / 1e6
+    t0 = time.perf_counter()
+    data = codec.encode(pixels, setting)
+    t1 = time.perf_counter()
+    out = codec.decode(data)
+    t2 = time.perf_counter()
+    return {"codec": codec.name, "setting": setting, "bytes": len(data),
+            "bpp": 8 * len(data) / (pixels.shape[0] * pixels.shape[1]), "psnr": psnr(pixels, out),
+            "ms_ssim": ms_ssim(pixels, out), "enc_s_per_mp": (t1 - t0) / mp, "dec_s_per_mp": (t2 - t1) / mp}
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["dataset"], r["codec"], r["setting"])].append(r)
+    out = []
+    for (dataset, codec, setting), rs in groups.items():
+        mean = {k: float(np.mean([r[k] for r in rs])) for k in FIELDS[5:]}
+        out.append({"dataset": dataset, "codec": codec, "setting": setting, "images": len(rs), **mean})
+    return out
+
+
+def bd_table(summary: list[dict]) -> list[dict]:
+    out = []
+    for dataset in sorted({s["dataset"] for s in summary}):
+        points = defaultdict(list)
+        for s in summary:
+            if s["dataset"] == dataset:
+                points[s["codec"]].append(s)
+        ref = points.get(REFERENCE)
+        for codec, pts in points.items():
+            if ref is None:
+                continue
+            row = {"dataset": dataset, "codec": codec}
+            for metric in ("psnr", "ms_ssim"):
+                row[f"bd_rate_{metric}"] = bd_rate([p["bpp"] for p in ref], [_q(p, metric) for p in ref],
+                                                   [p["bpp"] for p in pts], [_q(p, metric) for p in pts])
+            row["enc_s_per_mp"] = float(np.mean([p["enc_s_per_mp"] for p in pts]))
+            row["dec_s_per_mp"] = float(np.mean([p["dec_s_per_mp"] for p in pts]))
+            out.append(row)
+    return out
+
+
+def _q(point, metric):
+    """MS-SSIM in dB (-10 log10(1 - MS-SSIM)), the usual scale for BD computations."""
+    return point["psnr"] if metric == "psnr" else -10 * np.log10(max(1 - point["ms_ssim"], 1e-10))
+
+
+def write_csv(path: Path, rows: list[dict]):
+    if not rows:
+        return
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def plot(summary: list[dict], path: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({s["dataset"] for s in summary})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 5), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for codec in sorted({s["codec"] for s in summary}):
+            pts = sorted((s["bpp"], s["psnr"]) for s in summary if s["dataset"] == dataset and s["codec"] == codec)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", lw=2.5 if codec == "ours" else 1.2, label=codec)
+        ax.set(title=dataset, xlabel="bits per pixel (whole file)", ylabel="PSNR (dB, RGB)")
+        ax.set_xlim(0, 2.5)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(bd: list[dict]) -> str:
+    lines = ["| dataset | codec | BD-rate vs HEIC (PSNR) | BD-rate vs HEIC (MS-SSIM) | encode s/MP | decode s/MP |",
+             "|---|---|---|---|---|---|"]
+    fmt = lambda v: "n/a (no overlap)" if v is None else f"{v:+.1f} %"
+    for r in bd:
+        lines.append(f"| {r['dataset']} | {r['codec']} | {fmt(r['bd_rate_psnr'])} | {fmt(r['bd_rate_ms_ssim'])} "
+                     f"| {r['enc_s_per_mp']:.3f} | {r['dec_s_per_mp']:.3f} |")
+    return "\n".join(lines)
+
+
+def run(data_dirs, out_dir, model_path=None, lambdas=DEFAULT_LAMBDAS, max_images=0, threads=2,
+        codecs=None) -> list[dict]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = CodecModel.load(model_path)
+    contenders = [ours(model, lambdas, threads)] + anchors()
+    if codecs:
+        contenders = [c for c in contenders if c.name in codecs]
+    rows = []
+    for d in data_dirs:
+        paths = list_images(d)[: max_images or None]
+        if not paths:
+            raise CodecError(f"no images in {d}")
+        for path in paths:
+            pixels = read_rgb(path)
+            for codec in contenders:
+                for setting in codec.settings:
+                    rows.append({"dataset": Path(d).name, "image": path.name, **measure(codec, pixels, setting)})
+            print(f"{Path(d).name}/{path.name} done", flush=True)
+    rows = [{k: r[k] for k in FIELDS} for r in rows]
+    summary = summarise(rows)
+    bd = bd_table(summary)
+    write_csv(out_dir / "per_image.csv", rows)
+    write_csv(out_dir / "summary.csv", summary)
+    write_csv(out_dir / "bd_rate.csv", bd)
+    plot(summary, out_dir / "rd.png")
+    (out_dir / "bd_rate.md").write_text(markdown(bd) + "\n")
+    print(markdown(bd))
+    return bd
+
+
+def main(args):
+    run(args.data, args.out, args.model, tuple(args.lambdas), args.max_images, args.threads, args.codecs)

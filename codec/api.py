@@ -78,20 +78,37 @@ def encode_latents(model: CodecModel, ys, geometry: TileGeometry, threads: int =
 def compress(model: CodecModel, photo: Photo, lambda_index: int, tile_px: int = DEFAULT_TILE_PX,
              threads: int = 1, transforms=None, keep_latents: bool = False) -> Encoded:
     """transforms: an object with image/latent methods (default: the PyTorch model at this λ)."""
+    geometry = _prepare(model, photo, lambda_index, tile_px, threads)
+    if transforms is None:
+        from .transforms import TorchTransforms
+        transforms = TorchTransforms(model.torch_model, lambda_of_index(lambda_index))
+    ys = analyse(transforms.image, transforms.latent, photo.pixels, geometry)
+    return compress_latents(model, ys, photo, lambda_index, tile_px, threads, keep_latents)
+
+
+def _prepare(model: CodecModel, photo: Photo, lambda_index: int, tile_px: int, threads: int) -> TileGeometry:
     check_image(photo.pixels)
     if not 0 <= lambda_index < GRID_SIZE:
         raise CodecError(f"λ index {lambda_index} outside 0..{GRID_SIZE - 1}")
     _set_threads(threads)
     h, w = photo.pixels.shape[:2]
-    geometry = TileGeometry(w, h, tile_px, model.cfg.levels)
-    container.tile_grid(w, h, tile_px, model.cfg.alignment)  # validates the tile size
-    if transforms is None:
-        from .transforms import TorchTransforms
-        transforms = TorchTransforms(model.torch_model, lambda_of_index(lambda_index))
-    ys = analyse(transforms.image, transforms.latent, photo.pixels, geometry)
+    try:
+        container.tile_grid(w, h, tile_px, model.cfg.alignment)
+    except BitstreamError as e:
+        raise CodecError(str(e)) from None
+    return TileGeometry(w, h, tile_px, model.cfg.levels)
+
+
+def compress_latents(model: CodecModel, ys, photo: Photo, lambda_index: int, tile_px: int = DEFAULT_TILE_PX,
+                     threads: int = 1, keep_latents: bool = False) -> Encoded:
+    """Entropy-code continuous latents (from any analysis, or refined ones) into a container."""
+    geometry = _prepare(model, photo, lambda_index, tile_px, threads)
+    expected = [(model.cfg.latent_channels, h, w) for h, w in geometry.level_sizes()]
+    if [tuple(y.shape) for y in ys] != expected:
+        raise CodecError(f"latent shapes {[tuple(y.shape) for y in ys]} do not match the image ({expected})")
     payloads, bits, symbols, latents = encode_latents(model, ys, geometry, threads, keep_latents)
-    tiles_x, tiles_y = geometry.grid
-    header = container.Header(model.cfg.levels, lambda_index, model.model_id, w, h, tile_px, tiles_x, tiles_y)
+    header = container.Header(model.cfg.levels, lambda_index, model.model_id, geometry.width, geometry.height,
+                              tile_px, *geometry.grid)
     meta = {container.META_EXIF: photo.exif, container.META_XMP: photo.xmp}
     data = container.write(container.Container(header, payloads, meta))
     return Encoded(data, lambda_index, bits, symbols, latents)

@@ -59,6 +59,16 @@ def ste_round(x):
     return x + (torch.round(x) - x).detach()
 
 
+def rounding_quantiser(v):
+    r = ste_round(v)
+    return r, r
+
+
+def noisy_quantiser(v):
+    """Decoder sees rounded values (straight-through), the rate sees v + U(-1/2, 1/2) (Ballé et al.)."""
+    return ste_round(v), v + torch.empty_like(v).uniform_(-0.5, 0.5)
+
+
 class ImageAnalysis(nn.Module):
     """x (B,3,H,W in [0,1]) -> y1 (B,C,H/16,W/16)."""
 
@@ -183,26 +193,26 @@ class NestedLatentCodec(nn.Module):
         q = self.cfg.mean_grid
         return ste_round(mean * q) / q
 
-    def top_down(self, ys, noisy: bool):
+    def top_down(self, ys, noisy: bool = False, quantiser=None):
         """Quantise the latents from zL down to z1.
 
-        Returns the decoded latents (straight-through rounded, what the decoder sees) and the
-        likelihood of each level (with uniform noise in training, exact rounding otherwise).
+        quantiser(v) -> (value the decoder sees, value the rate is measured at); by default
+        straight-through rounding for both, with uniform noise for the rate in training (noisy).
+        Residuals v = y - mean are quantised for every level but the top, whose mean is 0.
+        Returns the decoded latents and the likelihood of each level.
         """
+        quantiser = quantiser or (noisy_quantiser if noisy else rounding_quantiser)
         levels = len(ys)
         z_hat = [None] * levels
         likelihoods = [None] * levels
-        y_top = ys[-1]
-        z_hat[-1] = ste_round(y_top)
-        z_rate = y_top + torch.empty_like(y_top).uniform_(-0.5, 0.5) if noisy else z_hat[-1]
+        z_hat[-1], z_rate = quantiser(ys[-1])
         likelihoods[-1] = logistic_likelihood(z_rate)
         for level in range(levels - 2, -1, -1):
             y = ys[level]
             u, mean = self.priors[level](z_hat[level + 1], y.shape[-2:])
             mean = self.quantise_mean(mean)
-            residual = ste_round(y - mean)
+            residual, r_rate = quantiser(y - mean)
             z_hat[level] = residual + mean
-            r_rate = (y - mean + torch.empty_like(y).uniform_(-0.5, 0.5)) if noisy else residual
             likelihoods[level] = gaussian_likelihood(r_rate, self.scale_from_index(u))
         return z_hat, likelihoods
 

@@ -80,3 +80,26 @@ class OrtTransforms:
 
     def latent(self, y1: np.ndarray) -> list:
         return self.latent_session.run(None, {"y1": y1, "lam": self.lam})
+
+
+# --- Added for the edge backends (issue 4): tie exported graphs to the model that made them. ---
+MODEL_ID_KEY = "bladecodec.model_id"
+
+
+def stamp_model_id(path, model_id: bytes):
+    """Record the model id in the graph's metadata, so a backend can refuse a graph from another model
+    (its bitstreams would carry this model's id but decode to garbage)."""
+    import onnx
+
+    m = onnx.load(str(path))
+    del m.metadata_props[:]  # replace, never duplicate, the key
+    m.metadata_props.add(key=MODEL_ID_KEY, value=model_id.hex())
+    onnx.save(m, str(path))
+
+
+def export_stamped(model, out_dir) -> tuple[Path, Path]:
+    """export_analysis for a loaded CodecModel, both graphs stamped with its model id."""
+    paths = export_analysis(model.torch_model, out_dir)
+    for p in paths:
+        stamp_model_id(p, model.model_id)
+    return paths

@@ -1,0 +1,61 @@
+"""`python -m codec bench-coder`: rANS throughput and overhead on the symbols real photos produce."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .. import rans
+from ..data import list_images
+from ..imageio import read_rgb
+from ..latent_coding import quantise
+from ..lambdas import index_of_lambda, lambda_of_index
+from ..runtime import CodecModel
+from ..tiling import TileGeometry, analyse
+from ..transforms import TorchTransforms
+
+
+def photo_symbols(model: CodecModel, paths, lambdas=(64, 1024, 8192)):
+    """(values, tables) of every level of every photo at every λ, as the encoder codes them."""
+    values, tables = [], []
+    for path in paths:
+        pixels = read_rgb(path)
+        g = TileGeometry(pixels.shape[1], pixels.shape[0], 4096, model.cfg.levels)
+        for lam in lambdas:
+            t = TorchTransforms(model.torch_model, lambda_of_index(index_of_lambda(lam)))
+            ys = analyse(t.image, t.latent, pixels, g)
+            v, tb, _ = quantise(ys, model.priors, model.cfg.mean_grid, model.tables["lengths"].size - 1)
+            values.append(v)
+            tables.append(tb)
+    return np.concatenate(values), np.concatenate(tables)
+
+
+def throughput(values, tables, model: CodecModel, repeats: int = 3) -> dict:
+    args = (model.tables["cdfs"], model.tables["lengths"], model.tables["offsets"])
+    words = rans.encode(values[:100], tables[:100], *args)  # compile before timing
+    enc, dec = [], []
+    out = np.empty_like(values)
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        words = rans.encode(values, tables, *args)
+        t1 = time.perf_counter()
+        x, pos, st = rans.start_decoder(words)
+        x, pos, st = rans.decode(words, x, pos, tables, *args, out)
+        t2 = time.perf_counter()
+        assert st == rans.OK and rans.finish_decoder(words, x, pos) == rans.OK and np.array_equal(out, values)
+        enc.append(t1 - t0)
+        dec.append(t2 - t1)
+    ideal = rans.ideal_bits(values, tables, *args)
+    return {"symbols": int(values.size), "encode_msym_s": values.size / min(enc) / 1e6,
+            "decode_msym_s": values.size / min(dec) / 1e6, "ideal_bits": float(ideal),
+            "actual_bits": int(words.size * 32), "overhead_percent": 100 * (words.size * 32 / ideal - 1)}
+
+
+def main(args):
+    model = CodecModel.load(args.model)
+    paths = list_images(args.data)[: args.max_images]
+    values, tables = photo_symbols(model, paths)
+    r = throughput(values, tables, model)
+    print(f"| symbols | encode M sym/s | decode M sym/s | overhead vs ideal code length |\n|---|---|---|---|\n"
+          f"| {r['symbols']:,} | {r['encode_msym_s']:.1f} | {r['decode_msym_s']:.1f} | {r['overhead_percent']:.4f} % |")
+    return r

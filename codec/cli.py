@@ -66,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model")
     r.add_argument("--threads", type=int, default=2)
 
+    br = sub.add_parser("bench-refine", help="SGA+ and baselines: BD-rate vs unrefined, gain vs steps")
+    br.add_argument("--data", default="../shared/data/blades/drone_frames")
+    br.add_argument("--out", required=True)
+    br.add_argument("--model")
+    br.add_argument("--lambdas", type=float, nargs="+", default=[128, 512, 2048, 8192])
+    br.add_argument("--images", type=int, default=4)
+    br.add_argument("--size", type=int, default=256, help="centre crop size in pixels")
+    br.add_argument("--steps", type=int, default=200)
+    br.add_argument("--checkpoints", type=int, nargs="+", default=[25, 50, 100, 200])
+    br.add_argument("--presets", nargs="+", default=["methods"], choices=["methods", "classes", "sensitivity"])
+
     bc = sub.add_parser("bench-coder", help="rANS throughput and overhead on real photos' symbols")
     bc.add_argument("--data", default="../shared/data/blades/drone_frames")
     bc.add_argument("--max-images", type=int, default=4)
@@ -198,6 +209,9 @@ def main(argv=None) -> int:
             rd.main(args)
         elif args.command == "refine":
             cmd_refine(args)
+        elif args.command == "bench-refine":
+            from .bench import refinement
+            refinement.main(args)
         elif args.command == "bench-coder":
             from .bench import coder
             coder.main(args)

@@ -117,10 +117,11 @@ def objective(net, ys, x, lam: torch.Tensor, quantiser):
     return bpp + lam[0] * mse, bpp, mse
 
 
-def refine(net, x: torch.Tensor, lam: float, cfg: RefineConfig, ys=None, on_step=None):
+def refine(net, x: torch.Tensor, lam: float, cfg: RefineConfig, ys=None, on_step=None, snapshots=()):
     """Optimise the latents of x (1,3,H,W in [0,1], H and W multiples of 16). Returns (latents, steps run).
 
-    on_step(step, loss, bpp, mse) is called after every step (progress bars, logs).
+    on_step(step, loss, bpp, mse) is called after every step (progress bars, logs); snapshots is a
+    collection of step counts at which a copy of the latents is passed as on_step(..., latents=...).
     """
     lam_t = torch.tensor([float(lam)])
     for p in net.parameters():
@@ -141,7 +142,9 @@ def refine(net, x: torch.Tensor, lam: float, cfg: RefineConfig, ys=None, on_step
         loss.backward()
         opt.step()
         step += 1
-        if on_step:
+        if on_step and step in snapshots:
+            on_step(step, loss.item(), bpp.item(), mse.item(), latents=[p.detach().clone() for p in params])
+        elif on_step:
             on_step(step, loss.item(), bpp.item(), mse.item())
     return [p.detach() for p in params], step
 

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model (resumable)")
     t.add_argument("--config", required=True)
-    t.add_argument("--steps", type=int, default=0, help="override the config's step count")
+    t.add_argument("--steps", type=int, default=None, help="override the config's step count")
     t.add_argument("--run-dir", default="", help="override the config's run directory")
 
     e = sub.add_parser("export-model", help="float weights -> complete model (integer priors, CDF tables)")

@@ -60,16 +60,32 @@ class TrainConfig:
     def from_yaml(cls, path):
         try:
             raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise CodecError(f"cannot read training config {path}: {e}") from None
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise CodecError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
-        unknown_model = sorted(set(raw.get("model", {})) - {f.name for f in dataclasses.fields(ModelConfig)})
-        if unknown_model:
-            raise CodecError(f"{path}: unknown key 'model.{unknown_model[0]}'")
+        except OSError as e:
+            raise CodecError(f"cannot read training config {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            raise CodecError(f"cannot read training config {path}: invalid YAML{where}") from None
+        if not isinstance(raw, dict):
+            raise CodecError(f"{path}: expected a mapping of settings at the top level")
+        _check_keys(path, raw, cls, "")
+        _check_keys(path, raw.get("model", {}), ModelConfig, "model.")
         return cls(**raw)
+
+
+def _check_keys(path, raw: dict, cls, prefix: str):
+    """Unknown keys and wrong types are errors that name the key."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in raw.items():
+        if key not in fields:
+            raise CodecError(f"{path}: unknown key '{prefix}{key}' (known: {', '.join(sorted(fields))})")
+        f = fields[key]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        expected = float if isinstance(default, float) else type(default)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float \
+            else isinstance(value, expected)
+        if not ok:
+            raise CodecError(f"{path}: key '{prefix}{key}' must be {expected.__name__}, got {type(value).__name__}")
 
 
 def resolve(path: str) -> Path:
@@ -238,7 +254,7 @@ def _write_wall(run_dir: Path, wall: float):
 
 def main(args):
     cfg = TrainConfig.from_yaml(args.config)
-    if args.steps:
+    if args.steps is not None:
         cfg.steps = args.steps
     if args.run_dir:
         cfg.run_dir = args.run_dir

@@ -1,0 +1,84 @@
+"""Training: config validation, a few real steps, resuming from a checkpoint or from a model file."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from codec.errors import CodecError
+from codec.train import TrainConfig, train
+from tests.conftest import PROJECT_ROOT, synthetic_image
+
+TINY = {"levels": 2, "channels": 8, "latent_channels": 8, "prior_channels": 8}
+
+
+@pytest.fixture
+def folders(tmp_path):
+    train_dir, val_dir = tmp_path / "train", tmp_path / "val"
+    for d, n in ((train_dir, 3), (val_dir, 2)):
+        d.mkdir()
+        for i in range(n):
+            Image.fromarray(synthetic_image(80, 96, seed=i + 10 * n)).save(d / f"{i}.png")
+    return train_dir, val_dir
+
+
+def config(tmp_path, folders, **extra):
+    train_dir, val_dir = folders
+    cfg = {"run_dir": str(tmp_path / "run"), "sources": [{"path": str(train_dir), "weight": 1.0}], "crop": 64,
+           "batch": 2, "steps": 6, "warmup": 2, "checkpoint_every": 3, "val_every": 3, "val_dir": str(val_dir),
+           "val_images": 2, "val_lambdas": [64, 4096], "threads": 1, "model": TINY}
+    cfg.update(extra)
+    return cfg
+
+
+def test_unknown_key_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"crop": 64, "lerning_rate": 1}))
+    with pytest.raises(CodecError, match="unknown key 'lerning_rate'"):
+        TrainConfig.from_yaml(path)
+    path.write_text(yaml.safe_dump({"model": {"chanels": 3}}))
+    with pytest.raises(CodecError, match="model.chanels"):
+        TrainConfig.from_yaml(path)
+
+
+def test_trains_checkpoints_and_resumes(tmp_path, folders):
+    train(TrainConfig(**config(tmp_path, folders)))
+    run = tmp_path / "run"
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert state["step"] == 6
+    assert (run / "best.npz").exists() and "val step 6" in (run / "train.log").read_text()
+    train(TrainConfig(**config(tmp_path, folders, steps=9)))
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 9
+    assert "resumed from" in (run / "train.log").read_text()
+
+
+def test_restarts_from_a_model_file_when_checkpoints_are_gone(tmp_path, folders):
+    train(TrainConfig(**config(tmp_path, folders)))
+    model_file = tmp_path / "run" / "best.npz"
+    fresh = config(tmp_path, folders, run_dir=str(tmp_path / "run2"), steps=8, init_from=str(model_file))
+    train(TrainConfig(**fresh))
+    log = (tmp_path / "run2" / "train.log").read_text()
+    assert "started from model file" in log
+    assert torch.load(tmp_path / "run2" / "last.pt", weights_only=False)["step"] == 8
+
+
+def test_cli_train_reports_a_bad_config(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("crop: [unclosed")
+    r = subprocess.run([sys.executable, "-m", "codec", "train", "--config", str(path)], cwd=PROJECT_ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.startswith("error: cannot read training config")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("crop: large\n")
+    with pytest.raises(CodecError, match="key 'crop' must be int, got str"):
+        TrainConfig.from_yaml(path)
+    path.write_text("lr: 1\nmodel: {levels: two}\n")
+    with pytest.raises(CodecError, match="key 'model.levels' must be int"):
+        TrainConfig.from_yaml(path)

@@ -18,26 +18,13 @@ from .data import list_images
 from .errors import CodecError
 from .imageio import read_rgb
 from .integer_prior import convert
-from .model import ModelConfig, NestedLatentCodec, scale_table
+from .model import NestedLatentCodec, scale_table
 from .runtime import CodecModel, prior_prefix
-from .train import PROJECT_ROOT
+from .train import PROJECT_ROOT, load_float
 
 log = logging.getLogger("codec.export")
 CALIBRATION_LAMBDAS = (64.0, 256.0, 1024.0, 4096.0, 8192.0)
 CALIBRATION_DIRS = ("../shared/data/train", "../shared/data/blades/dtu_nordtank")
-
-
-def load_float(path) -> tuple[NestedLatentCodec, dict]:
-    path = Path(path)
-    if path.suffix == ".pt":
-        state = torch.load(path, weights_only=False)
-        net = NestedLatentCodec(ModelConfig(**state["model_config"]))
-        net.load_state_dict(state["model"])
-        return net, {"step": state["step"]}
-    arrays, meta = weights.load_arrays(path)
-    net = NestedLatentCodec(ModelConfig(**meta["config"]))
-    net.load_state_dict(weights.float_state_dict(arrays))
-    return net, meta.get("train", {})
 
 
 def image_tensor(rgb: np.ndarray, max_side: int = 512) -> torch.Tensor:

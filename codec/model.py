@@ -69,6 +69,12 @@ def noisy_quantiser(v):
     return ste_round(v), v + torch.empty_like(v).uniform_(-0.5, 0.5)
 
 
+def relaxed_quantiser(v):
+    """Uniform noise for decoder and rate alike: no rounding anywhere."""
+    n = v + torch.empty_like(v).uniform_(-0.5, 0.5)
+    return n, n
+
+
 class ImageAnalysis(nn.Module):
     """x (B,3,H,W in [0,1]) -> y1 (B,C,H/16,W/16)."""
 
@@ -193,12 +199,13 @@ class NestedLatentCodec(nn.Module):
         q = self.cfg.mean_grid
         return ste_round(mean * q) / q
 
-    def top_down(self, ys, noisy: bool = False, quantiser=None):
+    def top_down(self, ys, noisy: bool = False, quantiser=None, grid_means: bool = True):
         """Quantise the latents from zL down to z1.
 
         quantiser(v) -> (value the decoder sees, value the rate is measured at); by default
         straight-through rounding for both, with uniform noise for the rate in training (noisy).
         Residuals v = y - mean are quantised for every level but the top, whose mean is 0.
+        grid_means=False leaves means continuous (the unconstrained "bound" model of BG-VAE).
         Returns the decoded latents and the likelihood of each level.
         """
         quantiser = quantiser or (noisy_quantiser if noisy else rounding_quantiser)
@@ -210,15 +217,20 @@ class NestedLatentCodec(nn.Module):
         for level in range(levels - 2, -1, -1):
             y = ys[level]
             u, mean = self.priors[level](z_hat[level + 1], y.shape[-2:])
-            mean = self.quantise_mean(mean)
+            mean = self.quantise_mean(mean) if grid_means else mean
             residual, r_rate = quantiser(y - mean)
             z_hat[level] = residual + mean
             likelihoods[level] = gaussian_likelihood(r_rate, self.scale_from_index(u))
         return z_hat, likelihoods
 
-    def forward(self, x, lam, noisy: bool = True):
+    def forward(self, x, lam, noisy: bool = True, bound: bool = False):
+        """bound=True: the relaxed model (noise instead of rounding everywhere, free means), whose
+        rate-distortion cost bounds what the practical codec can reach; used as a BG-VAE teacher."""
         ys = self.analysis(x, lam)
-        z_hat, likelihoods = self.top_down(ys, noisy)
+        if bound:
+            z_hat, likelihoods = self.top_down(ys, quantiser=relaxed_quantiser, grid_means=False)
+        else:
+            z_hat, likelihoods = self.top_down(ys, noisy)
         x_hat = self.synthesis(z_hat[0], lam)
         num_pixels = x.shape[-2] * x.shape[-1]
         bits = [-(lk.log().sum(dim=(1, 2, 3))) / LOG2 for lk in likelihoods]

@@ -55,6 +55,10 @@ class TrainConfig:
     init_from: str = ""            # a model .npz to start from when the run has no checkpoint
     model: dict = field(default_factory=dict)
     channels_last: bool = False
+    bound: bool = False            # train the relaxed "bound" model (a BG-VAE teacher)
+    teacher: str = ""              # a bound model (.npz or .pt) to distil from
+    distill_align: float = 0.5     # weight of affinity-matrix feature alignment
+    distill_recon: float = 0.5     # weight (times λ) of MSE between student and teacher reconstructions
 
     @classmethod
     def from_yaml(cls, path):
@@ -101,6 +105,50 @@ def sample_lambdas(rng: np.random.Generator, n: int, lo: float, hi: float) -> to
 def rd_loss(out, x, lam):
     mse = (out["x_hat"] - x).square().mean(dim=(1, 2, 3))
     return (out["bpp"] + lam * mse).mean(), out["bpp"].mean(), mse.mean()
+
+
+class Distiller:
+    """The teacher side of bound-guided distillation: adds alignment and reconstruction terms."""
+
+    def __init__(self, cfg: TrainConfig, student):
+        from .distillation import FeatureTap, tapped_modules
+
+        self.teacher, _ = load_float(resolve(cfg.teacher))
+        self.teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.cfg = cfg
+        self.student_tap = FeatureTap(tapped_modules(student))
+        self.teacher_tap = FeatureTap(tapped_modules(self.teacher))
+
+    def begin(self):
+        """Forget features from forward passes outside training (validation)."""
+        self.student_tap.take()
+
+    def __call__(self, x, lam, student_out):
+        from .distillation import distillation_terms
+
+        with torch.no_grad():
+            t_out = self.teacher(x, lam, bound=True)
+        align, _ = distillation_terms(self.student_tap.take(), self.teacher_tap.take(), student_out["x_hat"],
+                                      t_out["x_hat"])
+        recon = (student_out["x_hat"] - t_out["x_hat"]).square().mean(dim=(1, 2, 3))
+        extra = self.cfg.distill_align * align + (self.cfg.distill_recon * lam * recon).mean()
+        return extra, float(align), float(recon.mean())
+
+
+def load_float(path) -> tuple[NestedLatentCodec, dict]:
+    """A float model from a training checkpoint (.pt) or a model file (.npz)."""
+    path = Path(path)
+    if path.suffix == ".pt":
+        state = torch.load(path, weights_only=False)
+        net = NestedLatentCodec(ModelConfig(**state["model_config"]))
+        net.load_state_dict(state["model"])
+        return net, {"step": state["step"]}
+    arrays, meta = weights.load_arrays(path)
+    net = NestedLatentCodec(ModelConfig(**meta["config"]))
+    net.load_state_dict(weights.float_state_dict(arrays))
+    return net, meta.get("train", {})
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -202,6 +250,7 @@ def train(cfg: TrainConfig):
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, best = restore(cfg, run_dir, model, opt, sampler)
     validator = Validator(cfg)
+    distiller = Distiller(cfg, model) if cfg.teacher else None
     rng = np.random.default_rng(cfg.seed + step)
     log.info("training %s for %d steps, batch %d x %d px", run_dir, cfg.steps, cfg.batch, cfg.crop)
     t_start, wall_before = time.time(), _wall_so_far(run_dir)
@@ -214,16 +263,25 @@ def train(cfg: TrainConfig):
         lam = sample_lambdas(rng, cfg.batch, cfg.lambda_min, cfg.lambda_max)
         for g in opt.param_groups:
             g["lr"] = learning_rate(cfg, step)
-        loss, bpp, mse = rd_loss(model(x, lam), x, lam)
+        if distiller:
+            distiller.begin()
+        out = model(x, lam, bound=cfg.bound)
+        loss, bpp, mse = rd_loss(out, x, lam)
+        align = recon = 0.0
+        if distiller:
+            extra, align, recon = distiller(x, lam, out)
+            loss = loss + extra
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         step += 1
-        window.append((loss.item(), bpp.item(), mse.item(), time.time() - t0))
+        window.append((loss.item(), bpp.item(), mse.item(), time.time() - t0, align, recon))
         if step % 50 == 0:
             a = np.mean(window, axis=0)
-            log.info("step %d loss %.4f bpp %.4f psnr %.2f  %.2f steps/s", step, a[0], a[1], psnr(a[2]), 1 / a[3])
+            extra = f" align {a[4]:.4f} recon-mse {a[5]:.5f}" if distiller else ""
+            log.info("step %d loss %.4f bpp %.4f psnr %.2f  %.2f steps/s%s", step, a[0], a[1], psnr(a[2]), 1 / a[3],
+                     extra)
             window.clear()
         wall = wall_before + time.time() - t_start
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:

@@ -192,35 +192,32 @@ def cmd_refine(args):
           f"{a.bpp:.4f} bpp {a.psnr:.2f} dB (loss {a.loss:.4f}); wrote {kept} in {result.seconds:.1f} s")
 
 
+def _lazy(module: str, func: str = "main"):
+    """A handler that imports its module only when its command runs (keeps `info` and `--help` fast)."""
+    def run(args):
+        import importlib
+        getattr(importlib.import_module(module, __package__), func)(args)
+    return run
+
+
+COMMANDS = {
+    "compress": cmd_compress,
+    "decompress": cmd_decompress,
+    "info": cmd_info,
+    "refine": cmd_refine,
+    "train": _lazy(".train"),
+    "export-model": _lazy(".export_model"),
+    "bench": _lazy(".bench.rd"),
+    "bench-refine": _lazy(".bench.refinement"),
+    "bench-coder": _lazy(".bench.coder"),
+    "bench-memory": _lazy(".bench.memory"),
+}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "compress":
-            cmd_compress(args)
-        elif args.command == "decompress":
-            cmd_decompress(args)
-        elif args.command == "info":
-            cmd_info(args)
-        elif args.command == "train":
-            from . import train
-            train.main(args)
-        elif args.command == "bench":
-            from .bench import rd
-            rd.main(args)
-        elif args.command == "refine":
-            cmd_refine(args)
-        elif args.command == "bench-refine":
-            from .bench import refinement
-            refinement.main(args)
-        elif args.command == "bench-coder":
-            from .bench import coder
-            coder.main(args)
-        elif args.command == "bench-memory":
-            from .bench import memory
-            memory.main(args)
-        elif args.command == "export-model":
-            from . import export_model
-            export_model.main(args)
+        COMMANDS[args.command](args)
     except CodecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

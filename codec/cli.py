@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--checkpoints", type=int, nargs="+", default=[25, 50, 100, 200])
     br.add_argument("--presets", nargs="+", default=["methods"], choices=["methods", "classes", "sensitivity"])
 
+    bt = sub.add_parser("bench-train", help="training steps/s of CPU training variants (run on an idle machine)")
+    bt.add_argument("--variants", nargs="+", default=["baseline", "channels_last", "one_thread", "crop128_batch16"])
+    bt.add_argument("--steps", type=int, default=10)
+    bt.add_argument("--warmup", type=int, default=3)
+
     bc = sub.add_parser("bench-coder", help="rANS throughput and overhead on real photos' symbols")
     bc.add_argument("--data", default="../shared/data/blades/drone_frames")
     bc.add_argument("--max-images", type=int, default=4)
@@ -210,6 +215,7 @@ COMMANDS = {
     "bench": _lazy(".bench.rd"),
     "bench-refine": _lazy(".bench.refinement"),
     "bench-coder": _lazy(".bench.coder"),
+    "bench-train": _lazy(".bench.training_speed"),
     "bench-memory": _lazy(".bench.memory"),
 }
 

@@ -82,3 +82,11 @@ def test_wrong_type_names_the_key(tmp_path):
     path.write_text("lr: 1\nmodel: {levels: two}\n")
     with pytest.raises(CodecError, match="key 'model.levels' must be int"):
         TrainConfig.from_yaml(path)
+
+
+def test_shipped_configs_are_valid():
+    configs = sorted((PROJECT_ROOT / "codec" / "configs").glob("*.yaml"))
+    assert len(configs) >= 4
+    for path in configs:
+        cfg = TrainConfig.from_yaml(path)
+        assert cfg.steps > 0 and cfg.sources

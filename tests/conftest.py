@@ -36,8 +36,7 @@ def default_model():
     return CodecModel.load()
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
+def build_tiny_model(path, levels: int = 3):
     """A small, untrained (random) model exported with the real export code: fast enough for fuzzing."""
     from codec import weights
     from codec.export_model import build_model_arrays
@@ -45,13 +44,17 @@ def tiny_model(tmp_path_factory):
     from codec.runtime import CodecModel
 
     torch.manual_seed(0)
-    net = NestedLatentCodec(ModelConfig(levels=3, channels=16, latent_channels=8, prior_channels=8))
+    net = NestedLatentCodec(ModelConfig(levels=levels, channels=16, latent_channels=8, prior_channels=8))
     net.eval()
     images = [torch.from_numpy(synthetic_image(64, 96, s).transpose(2, 0, 1).copy()).float().div(255)[None]
               for s in range(3)]
-    path = tmp_path_factory.mktemp("tiny") / "tiny.npz"
     weights.save_arrays(path, build_model_arrays(net, images), {"config": net.cfg.to_dict()})
     return CodecModel.load(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny.npz")
 
 
 def blade_photos(n: int):

@@ -92,3 +92,16 @@ def test_file_size_matches_the_models_estimate(default_model):
     estimate = float(sum(b.sum() for b in out["bits"]))
     assert abs(payload_bits - estimate) <= 0.01 * estimate
     assert abs(payload_bits - enc.ideal_bits) <= 0.005 * enc.ideal_bits + 64
+
+
+@pytest.mark.parametrize("levels", [2, 4])
+def test_every_supported_level_count_round_trips(tmp_path, levels):
+    from tests.conftest import build_tiny_model
+    model = build_tiny_model(tmp_path / f"l{levels}.npz", levels)
+    photo = Photo(synthetic_image(70, 150, seed=levels))
+    enc = api.compress(model, photo, 60, tile_px=16 * 2 ** (levels - 1) * 8, keep_latents=True)
+    zq, _ = api.decode_latents(model, api.read_container(model, enc.data))
+    assert len(zq) == levels
+    for a, b in zip(enc.latents, zq):
+        np.testing.assert_array_equal(a, b)
+    assert api.decompress(model, enc.data).pixels.shape == (70, 150, 3)

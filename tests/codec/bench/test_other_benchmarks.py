@@ -1,0 +1,41 @@
+"""The coder, memory, refinement and training-speed benchmarks run and report sane figures."""
+from PIL import Image
+
+from codec.bench import coder, memory, refinement, training_speed
+from tests.conftest import synthetic_image
+
+
+def _folder(tmp_path, n=1, h=64, w=96):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(n):
+        Image.fromarray(synthetic_image(h, w, seed=i)).save(d / f"{i}.png")
+    return d
+
+
+def test_coder_benchmark(tmp_path, tiny_model):
+    values, tables = coder.photo_symbols(tiny_model, sorted(_folder(tmp_path).glob("*.png")))
+    r = coder.throughput(values, tables, tiny_model, repeats=1)
+    assert r["symbols"] == values.size > 0
+    assert r["encode_msym_s"] > 0 and r["decode_msym_s"] > 0
+    assert 0 <= r["overhead_percent"] < 5  # few symbols: the 8-byte flush is a visible share
+
+
+def test_memory_benchmark_runs_in_fresh_processes(tiny_model):
+    rows = memory.measure(0.05, 1, str(tiny_model.path))
+    assert [r["mode"] for r in rows] == ["encode", "decode"]
+    assert all(r["peak_rss_mb"] > 50 and r["seconds"] > 0 for r in rows)
+
+
+def test_refinement_benchmark(tmp_path, tiny_model):
+    bd = refinement.run(_folder(tmp_path, h=96, w=96), tmp_path / "out", tiny_model.path, lambdas=(64, 1024, 8192),
+                        images=1, size=96, steps=4, checkpoints=(2, 4), presets=("methods",))
+    assert {r["config"].split("/")[0] for r in bd} == {"ssl", "linear", "cosine", "atanh", "ste", "noise"}
+    assert {r["steps"] for r in bd} == {2, 4}
+    assert (tmp_path / "out" / "refine_gain.png").exists()
+
+
+def test_training_speed_benchmark():
+    r = training_speed.measure({"crop": 32, "batch": 1, "threads": 1}, steps=2, warmup=1,
+                               model_cfg={"levels": 2, "channels": 8, "latent_channels": 8, "prior_channels": 8})
+    assert r["steps_per_s"] > 0 and r["pixels_per_s"] == r["steps_per_s"] * 32 * 32

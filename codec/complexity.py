@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layers import SimplifiedGDN
+
 
 def count_macs(module: nn.Module, *inputs) -> int:
     total = 0
@@ -19,9 +21,11 @@ def count_macs(module: nn.Module, *inputs) -> int:
             total += x.numel() * layer.out_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
         elif isinstance(layer, nn.Linear):
             total += out.numel() * layer.in_features
+        elif isinstance(layer, SimplifiedGDN):
+            total += out.numel() * out.shape[1]  # its 1x1 convolution over |x| (F.conv2d, no module)
 
     handles = [m.register_forward_hook(hook) for m in module.modules()
-               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, SimplifiedGDN))]
     try:
         with torch.no_grad():
             module(*inputs)

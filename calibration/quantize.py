@@ -1,0 +1,149 @@
+"""Explicit INT8 quantisation of the image-analysis graph with ONNX Runtime `quantize_static`.
+
+What TensorRT's explicit quantisation needs, and why each option is set:
+- QDQ format (QuantizeLinear/DequantizeLinear pairs), which TensorRT fuses into INT8 kernels and ONNX
+  Runtime also runs on CPU;
+- symmetric int8 activations and weights, so every zero point is 0 (the parser refuses others);
+- per-channel weight scales (axis 0 of each Conv weight): the output channels of a learned transform
+  differ by orders of magnitude;
+- MinMax calibration reduces every tensor to its min and max inside the graph, so 32 photos need
+  little memory (this onnxruntime's CalibMaxIntermediateOutputs would discard data, so it is not set);
+- only Conv is quantised: the GDN division, FiLM and λ embedding stay in float, where they are cheap and
+  where int8 would cost quality; biases stay float (TensorRT takes no int32 DequantizeLinear); Conv
+  outputs are not requantised (the last one is y1, whose rounding to integers is the codec itself).
+The latent graph (`encoder_latent.onnx`, ~3 % of the MACs) is not quantised.
+
+ONNX Runtime's CPU provider runs that Q/DQ graph as dequantise + float Conv (no faster than FP32), so a
+second, CPU-only variant exists for drones that fall back to ONNX Runtime on the CPU (`target="cpu"`).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from codec.errors import CodecError
+
+from .calibration_set import CalibrationSet, make_reader
+
+log = logging.getLogger("calibration")
+
+QUANTIZED_OPS = ["Conv"]
+TARGETS = ("tensorrt", "cpu")
+CPU_GRAPH = "encoder.int8cpu.onnx"   # conventional name of the CPU variant, next to encoder.onnx
+
+
+def quantize_encoder(fp32_path, out_path, calibration_set: CalibrationSet | None = None,
+                     method: str = "minmax", target: str = "tensorrt") -> dict:
+    """encoder.onnx -> an INT8 graph; returns the property check of the result.
+
+    target "tensorrt": the Q/DQ graph described above (also runs under ONNX Runtime, without speed-up).
+    target "cpu": ONNX Runtime's own QLinearConv operators (uint8 activations with zero points, int8
+    per-channel weights), which its CPU kernels run about twice as fast as FP32; TensorRT cannot parse
+    it. The last Conv (producing y1) stays in float, so y1 is never squeezed through 8 bits.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    if not fp32_path.is_file():
+        raise CodecError(f"{fp32_path}: no such ONNX file")
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if method not in methods:
+        raise CodecError(f"unknown calibration method {method!r} ({', '.join(methods)})")
+    if target not in TARGETS:
+        raise CodecError(f"unknown quantisation target {target!r} ({', '.join(TARGETS)})")
+    reader = make_reader(calibration_set or CalibrationSet())
+    log.info("calibrating on %d photos (%s, for %s)", len(reader), method, target)
+    common = dict(op_types_to_quantize=QUANTIZED_OPS, per_channel=True, reduce_range=False,
+                  weight_type=QuantType.QInt8, calibrate_method=methods[method],
+                  calibration_providers=["CPUExecutionProvider"])
+    if target == "tensorrt":
+        quantize_static(str(fp32_path), str(out_path), reader, quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, **common,
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "QuantizeBias": False, "CalibTensorRangeSymmetric": True,
+                                       "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS})
+    else:
+        quantize_static(str(fp32_path), str(out_path), reader, quant_format=QuantFormat.QOperator,
+                        activation_type=QuantType.QUInt8, nodes_to_exclude=[output_conv(fp32_path)], **common)
+    _copy_metadata(fp32_path, out_path)
+    return check_qdq(out_path) if target == "tensorrt" else check_cpu_graph(out_path)
+
+
+def output_conv(path) -> str:
+    """Name of the Conv that produces a graph output (y1)."""
+    m = onnx.load(str(path))
+    outputs = {o.name for o in m.graph.output}
+    for node in m.graph.node:
+        if node.op_type == "Conv" and node.output[0] in outputs:
+            return node.name
+    raise CodecError(f"{path}: no Conv produces a graph output; is this the image-analysis graph?")
+
+
+def check_cpu_graph(path) -> dict:
+    """The CPU variant: every Conv but the output one became QLinearConv; the output Conv is float."""
+    m = onnx.load(str(path))
+    ops = [n.op_type for n in m.graph.node]
+    outputs = {o.name for o in m.graph.output}
+    float_out = any(n.op_type == "Conv" and n.output[0] in outputs for n in m.graph.node)
+    problems = [] if float_out else ["the y1 Conv is not float"]
+    if not ops.count("QLinearConv"):
+        problems.append("no QLinearConv in the graph")
+    return {"passed": not problems, "qlinearconv_nodes": ops.count("QLinearConv"),
+            "float_conv_nodes": ops.count("Conv"), "problems": problems}
+
+
+def _copy_metadata(src: Path, dst: Path):
+    """quantize_static drops metadata_props; keep the model id stamp so backends can check it."""
+    a, b = onnx.load(str(src)), onnx.load(str(dst))
+    del b.metadata_props[:]
+    for p in a.metadata_props:
+        b.metadata_props.add(key=p.key, value=p.value)
+    onnx.save(b, str(dst))
+
+
+def check_qdq(path) -> dict:
+    """The Q/DQ properties TensorRT requires, checked on the saved graph.
+
+    Every zero point is a zero int8 constant; weights are int8 within [-127, 127] (symmetric) with one
+    scale per output channel on axis 0; activation scales are per tensor; every Conv reads dequantised
+    input and weight.
+    """
+    m = onnx.load(str(path))
+    init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    producers = {o: n for n in m.graph.node for o in n.output}
+    problems, n_q, n_dq, per_channel = [], 0, 0, 0
+    for node in m.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        n_q += node.op_type == "QuantizeLinear"
+        n_dq += node.op_type == "DequantizeLinear"
+        zp = init.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if zp is None or zp.dtype != np.int8 or np.any(zp != 0):
+            problems.append(f"{node.name}: zero point must be an int8 constant 0")
+        scale = init.get(node.input[1])
+        if scale is None or np.any(scale <= 0):
+            problems.append(f"{node.name}: scale must be a positive constant")
+            continue
+        weight = init.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if weight is not None and weight.ndim == 4:
+            per_channel += 1
+            if weight.dtype != np.int8 or weight.min() < -127:
+                problems.append(f"{node.name}: weights must be int8 in [-127, 127]")
+            if scale.size != weight.shape[0] or axis != 0:
+                problems.append(f"{node.name}: weight scales must be per output channel (axis 0)")
+        elif scale.size != 1:
+            problems.append(f"{node.name}: activation scale must be per tensor")
+    for node in m.graph.node:
+        if node.op_type == "Conv":
+            for i in (0, 1):
+                src = producers.get(node.input[i])
+                if src is None or src.op_type != "DequantizeLinear":
+                    problems.append(f"{node.name}: input {i} is not dequantised (Conv left in float)")
+    return {"passed": not problems and n_dq > 0, "quantize_nodes": n_q, "dequantize_nodes": n_dq,
+            "per_channel_weights": per_channel, "problems": problems[:50]}

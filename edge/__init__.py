@@ -1,0 +1,1 @@
+"""The drone side: photo source -> encoder backend -> spool -> MQTT publisher."""

@@ -1,0 +1,138 @@
+"""calibration/: the calibration set, the Q/DQ graph TensorRT needs, INT8 bitstreams that decode, BD-PSNR."""
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from calibration.calibration_set import CALIBRATION_LAMBDAS, CalibrationSet, centre_crop
+from calibration.quantize import check_qdq, quantize_encoder
+from calibration.rd_cost import bd_psnr
+from codec import api
+from codec.errors import CodecError
+from codec.imageio import read_photo
+from codec.lambdas import index_of_lambda, lambda_of_index
+from codec.onnx_export import MODEL_ID_KEY, OrtTransforms, export_stamped
+from export import graph_checks, parity
+from tests.conftest import DATA, blade_photos, need_data
+
+NORDTANK = DATA / "blades" / "dtu_nordtank"
+
+
+@pytest.fixture(scope="module")
+def int8_default(default_model, tmp_path_factory):
+    """The bundled model's encoder quantised on a small calibration set (8 crops: fast, still real)."""
+    need_data(NORDTANK)
+    out = tmp_path_factory.mktemp("int8")
+    image, latent = export_stamped(default_model, out)
+    result = quantize_encoder(image, out / "encoder.int8.onnx", CalibrationSet(NORDTANK, count=8, crop=(192, 256)))
+    return out / "encoder.int8.onnx", latent, result
+
+
+def test_calibration_set_description():
+    cal = CalibrationSet(need_data(NORDTANK))
+    paths = cal.paths()
+    assert len(paths) == 32 and len(set(paths)) == 32
+    assert paths[0].name == sorted(p.name for p in paths)[0]
+    d = cal.describe()
+    assert d["crop_hw"] == [368, 576] and d["lambdas"][0] == 64 and d["lambdas"][-1] == 8192
+    x, lam = next(cal.samples())
+    assert x.shape == (1, 3, 368, 576) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    assert lam.tolist() == [CALIBRATION_LAMBDAS[0]]
+
+
+def test_calibration_errors(tmp_path):
+    with pytest.raises(CodecError, match="not found"):
+        CalibrationSet(tmp_path / "absent").paths()
+    with pytest.raises(CodecError, match="no photos"):
+        CalibrationSet(tmp_path).paths()
+    assert centre_crop(np.zeros((40, 50, 3), np.uint8), (368, 576)).shape == (1, 3, 32, 48)
+
+
+def test_qdq_graph_properties(int8_default):
+    path, _, result = int8_default
+    assert result["passed"], result["problems"]
+    m = onnx.load(str(path))
+    init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    producers = {o: n for n in m.graph.node for o in n.output}
+    qdq = [n for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq
+    for n in qdq:  # zero points: present, int8, all zero (what the TensorRT parser requires)
+        zp = init[n.input[2]]
+        assert zp.dtype == np.int8 and not zp.any(), n.name
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 7
+    for conv in convs:
+        act, weight = producers[conv.input[0]], producers[conv.input[1]]
+        assert act.op_type == weight.op_type == "DequantizeLinear"
+        w, w_scale = init[weight.input[0]], init[weight.input[1]]
+        axis = next(a.i for a in weight.attribute if a.name == "axis")
+        assert axis == 0 and w.dtype == np.int8 and w_scale.shape == (w.shape[0],)   # per output channel
+        assert w.min() >= -127 and w.max() <= 127 and np.abs(w).max() == 127       # symmetric range
+        assert init[act.input[1]].size == 1                                         # per-tensor activations
+        assert len(conv.input) < 3 or conv.input[2] in init and init[conv.input[2]].dtype == np.float32
+    assert {p.key: p.value for p in m.metadata_props}[MODEL_ID_KEY]   # model id stamp survives
+    assert graph_checks.check_tensorrt_ops(m).ok
+
+
+def test_qdq_check_catches_a_nonzero_zero_point(int8_default, tmp_path):
+    m = onnx.load(str(int8_default[0]))
+    q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear")
+    zp = next(i for i in m.graph.initializer if i.name == q.input[2])
+    zp.CopyFrom(numpy_helper.from_array(np.array(5, np.int8), zp.name))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(m, str(bad))
+    result = check_qdq(bad)
+    assert not result["passed"] and any("zero point" in p for p in result["problems"])
+    offences = graph_checks.check_tensorrt_ops(bad).offences
+    assert any(o["node"] == q.name and "must be zero" in o["problem"] for o in offences)
+
+
+def test_int8_bitstreams_decode_on_the_ground(default_model, int8_default):
+    image, latent, _ = int8_default
+    photo = read_photo(blade_photos(1)[0])
+    photo.pixels = photo.pixels[:240, :400].copy()
+    for lam in (64, 2048):
+        index = index_of_lambda(lam)
+        ort = OrtTransforms.from_files(image, latent, lambda_of_index(index))
+        enc = api.compress(default_model, photo, index, transforms=ort, keep_latents=True)
+        ok, detail = parity.decodes_on_ground(default_model, enc)
+        assert ok, detail
+        ref = api.compress(default_model, photo, index, keep_latents=True)
+        assert parity.latent_agreement(enc.latents, ref.latents) > 0.95   # close to FP32, not equal
+
+
+def test_quantize_refuses_a_missing_graph(tmp_path):
+    with pytest.raises(CodecError, match="no such ONNX file"):
+        quantize_encoder(tmp_path / "missing.onnx", tmp_path / "out.onnx")
+
+
+def test_bd_psnr():
+    rates, psnrs = [0.1, 0.2, 0.4, 0.8], [28.0, 30.0, 32.0, 34.0]
+    assert bd_psnr(rates, psnrs, rates, psnrs) == pytest.approx(0.0, abs=1e-9)
+    assert bd_psnr(rates, psnrs, rates, [p - 0.25 for p in psnrs]) == pytest.approx(-0.25, abs=1e-6)
+    assert bd_psnr(rates, psnrs, [5.0, 6.0], [40.0, 41.0]) is None   # no common rate range
+
+
+def test_cpu_variant_is_qlinearconv_decodes_and_is_refused_for_tensorrt(default_model, tmp_path):
+    from calibration.quantize import CPU_GRAPH, output_conv
+    from edge.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    image, latent = export_stamped(default_model, tmp_path)
+    cpu = tmp_path / CPU_GRAPH
+    result = quantize_encoder(image, cpu, CalibrationSet(need_data(NORDTANK), count=4, crop=(192, 256)), target="cpu")
+    assert result["passed"] and result["qlinearconv_nodes"] == 6 and result["float_conv_nodes"] == 1
+    assert output_conv(cpu) == output_conv(image)   # y1 still comes from a float Conv
+    offences = graph_checks.check_tensorrt_ops(cpu).offences
+    assert offences and {o["op"] for o in offences} <= {"QLinearConv", "QuantizeLinear", "DequantizeLinear"}
+    assert any(o["op"] == "QLinearConv" and o["node"] for o in offences)
+    backend = OnnxRuntimeBackend(default_model, onnx=cpu, providers="cpu")
+    assert "INT8 QLinearConv" in backend.describe()
+    photo = read_photo(blade_photos(1)[0])
+    photo.pixels = photo.pixels[:160, :240].copy()
+    index = index_of_lambda(1024)
+    enc = api.compress(default_model, photo, index, transforms=backend.transforms(lambda_of_index(index)),
+                       keep_latents=True)
+    ok, detail = parity.decodes_on_ground(default_model, enc)
+    assert ok, detail
+    with pytest.raises(CodecError, match="unknown quantisation target"):
+        quantize_encoder(image, cpu, target="gpu")

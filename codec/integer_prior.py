@@ -32,13 +32,23 @@ def conv2d_exact(x: np.ndarray, w: np.ndarray, pad: int) -> np.ndarray:
     return (cols @ w.reshape(cout, -1).T).T.reshape(cout, ho, wo)
 
 
+# Sub-pixel form of ConvTranspose2d(k=4, stride=2, padding=1): output phase a (row parity) draws on input
+# rows (m-1, m) with kernel rows (3, 1) for a = 0, and rows (m, m+1) with kernel rows (2, 0) for a = 1;
+# likewise for columns. Four 2x2 convolutions instead of one 4x4 over a zero-inserted grid: 4x fewer MACs.
+_PHASE_TAPS = {0: (3, 1), 1: (2, 0)}
+
+
 def conv_transpose2x_exact(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """ConvTranspose2d(k=4, stride=2, padding=1) with torch's weight layout (Cin,Cout,4,4): output 2H x 2W."""
     cin, h, wd = x.shape
-    up = np.zeros((cin, 2 * h - 1, 2 * wd - 1), dtype=np.float64)
-    up[:, ::2, ::2] = x
-    wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    return conv2d_exact(up, wf, pad=2)
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1)))
+    out = np.empty((w.shape[1], 2 * h, 2 * wd), dtype=np.float64)
+    for a, rows in _PHASE_TAPS.items():
+        for b, cols in _PHASE_TAPS.items():
+            kernel = w[:, :, list(rows)][:, :, :, list(cols)].transpose(1, 0, 2, 3)
+            window = xp[:, a:a + h + 1, b:b + wd + 1]
+            out[:, a::2, b::2] = conv2d_exact(window, np.ascontiguousarray(kernel), pad=0)
+    return out
 
 
 def requantise(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> np.ndarray:

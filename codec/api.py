@@ -151,12 +151,19 @@ def decompress(model: CodecModel, data: bytes, threads: int = 1) -> Photo:
     return Photo(pixels, c.metadata.get(container.META_EXIF, b""), c.metadata.get(container.META_XMP, b""))
 
 
-def compress_to_budget(model: CodecModel, photo: Photo, max_bytes: int, **kwargs) -> Encoded:
-    """The highest λ whose file fits in max_bytes (binary search on the λ grid; size grows with λ)."""
+def compress_to_budget(model: CodecModel, photo: Photo, max_bytes: int, transforms_for=None, **kwargs) -> Encoded:
+    """The highest λ whose file fits in max_bytes (binary search on the λ grid; size grows with λ).
+
+    transforms_for(λ) gives the analysis backend at each λ tried (default: the PyTorch model).
+    """
+    def at(index: int) -> Encoded:
+        transforms = transforms_for(lambda_of_index(index)) if transforms_for else None
+        return compress(model, photo, index, transforms=transforms, **kwargs)
+
     lo, hi, best, floor = 0, GRID_SIZE - 1, None, None
     while lo <= hi:
         mid = (lo + hi) // 2
-        enc = compress(model, photo, mid, **kwargs)
+        enc = at(mid)
         if mid == 0:
             floor = enc
         if len(enc.data) <= max_bytes:

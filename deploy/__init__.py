@@ -1,0 +1,1 @@
+"""Deployment: systemd units, broker config, example configs, and the local whole-pipeline run."""

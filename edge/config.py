@@ -1,0 +1,99 @@
+"""The edge service's configuration (edge.yaml). Every field has a default that works on loopback."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from codec.service.config_file import ConfigError, load_config  # noqa: F401  (re-exported for callers)
+
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TLS(Strict):
+    ca_file: Path = Field(description="CA certificate that signed the broker's certificate")
+    cert_file: Optional[Path] = Field(None, description="client certificate, when the broker asks for one")
+    key_file: Optional[Path] = Field(None, description="client key for cert_file")
+
+
+class MQTT(Strict):
+    host: str = Field("127.0.0.1", description="broker host")
+    port: int = Field(1883, ge=1, le=65535, description="broker port (8883 for TLS)")
+    client_id: Optional[str] = Field(None, description="MQTT client id; default edge-<drone>")
+    username: Optional[str] = Field(None, description="broker user; must equal the drone id under the ACL")
+    password_file: Optional[Path] = Field(None, description="file holding the broker password (one line)")
+    tls: Optional[TLS] = Field(None, description="TLS to the broker; off when absent")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
+    session_expiry_s: int = Field(7 * 86400, ge=0, description="persistent session lifetime at the broker")
+    max_packet_bytes: int = Field(256 * 1024, ge=1024, le=268435455,
+                                  description="packet cap when the broker advertises no maximum in CONNACK")
+    connect_wait_s: float = Field(30, ge=0, description="how long start-up waits for the broker before READY")
+
+
+class Rate(Strict):
+    mode: Literal["fixed", "budget"] = Field("fixed", description="fixed λ index, or largest file within max_bytes")
+    lambda_index: int = Field(128, ge=0, le=255, description="λ grid index for mode=fixed")
+    max_bytes: int = Field(200_000, ge=64, description="per-photo byte budget for mode=budget")
+    tile_px: int = Field(1024, description="coding tile size in pixels")
+    threads: int = Field(1, ge=1, le=64, description="encoder threads")
+
+
+class Quota(Strict):
+    max_bytes: int = Field(2 * 1024 ** 3, ge=1, description="spool size limit in bytes")
+    max_files: int = Field(20_000, ge=1, description="spool size limit in photos")
+    when_full: Literal["refuse_new", "drop_oldest"] = Field(
+        "refuse_new", description="refuse_new: leave new photos in the inbox; drop_oldest: delete oldest unsent")
+
+
+class Transfer(Strict):
+    ack_timeout_s: float = Field(120, gt=0, description="resend a photo when its ack is this late")
+    max_inflight_photos: int = Field(8, ge=1, description="photos published and awaiting an ack at once")
+
+
+class EdgeConfig(Strict):
+    drone: str = Field("drone-01", description="this drone's id (topic segment, broker user)")
+    site: str = Field("site-01", description="inspection site id (topic segment)")
+    topic_root: str = Field("blades", description="first topic level")
+    model: Optional[Path] = Field(None, description="codec model file; default the bundled model")
+    backend_order: list[str] = Field(["tensorrt", "onnxruntime", "torch"], min_length=1,
+                                     description="encoder backends to try, in order")
+    inbox: Path = Field(Path("inbox"), description="where the camera drops photos (+ NAME.done markers)")
+    spool: Path = Field(Path("spool"), description="encoded photos awaiting the ground's ack")
+    processed: Optional[Path] = Field(Path("sent"), description="originals moved here once spooled (kept "
+                                      "for later refinement); null deletes them")
+    poll_interval_s: float = Field(0.5, gt=0, le=60, description="inbox scan and loop period")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log verbosity")
+    rate: Rate = Rate()
+    spool_quota: Quota = Quota()
+    transfer: Transfer = Transfer()
+    mqtt: MQTT = MQTT()
+
+    @field_validator("drone", "site")
+    @classmethod
+    def _safe_id(cls, v):
+        if not ID_RE.match(v):
+            raise ValueError("must be 1-64 letters, digits, '_', '.', '-' starting with a letter or digit")
+        return v
+
+    @field_validator("topic_root")
+    @classmethod
+    def _safe_root(cls, v):
+        if not v or any(c in v for c in "+#/") or v.startswith("$"):
+            raise ValueError("must be one topic level without '+', '#', '/' or a leading '$'")
+        return v
+
+    @model_validator(mode="after")
+    def _defaults(self):
+        if self.mqtt.client_id is None:
+            self.mqtt.client_id = f"edge-{self.drone}"
+        return self
+
+
+def load(path) -> EdgeConfig:
+    return load_config(path, EdgeConfig)

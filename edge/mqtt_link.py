@@ -1,0 +1,98 @@
+"""The edge's MQTT v5 connection: persistent session, CONNACK packet limit, ack subscription.
+
+paho runs the network in its own thread; callbacks only record state and queue acks, so all decisions
+(what to send, what to delete) are made by the service's main loop.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import ssl
+import threading
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from . import wire
+
+log = logging.getLogger("edge.mqtt")
+
+
+def read_password(path) -> str:
+    return open(path, encoding="utf-8").read().strip()
+
+
+class Link:
+    def __init__(self, cfg, ack_topic: str):
+        self.cfg, self.ack_topic = cfg, ack_topic
+        self.acks: queue.Queue = queue.Queue()
+        self.connected = threading.Event()
+        self.generation = 0           # bumps on every (re)connect: everything unacked is due again
+        self.max_packet = cfg.max_packet_bytes
+        self.refused: str | None = None
+        self.client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.cfg.client_id, protocol=mqtt.MQTTv5)
+        if self.cfg.username:
+            pw = read_password(self.cfg.password_file) if self.cfg.password_file else None
+            c.username_pw_set(self.cfg.username, pw)
+        if self.cfg.tls:
+            t = self.cfg.tls
+            c.tls_set(ca_certs=str(t.ca_file), certfile=t.cert_file and str(t.cert_file),
+                      keyfile=t.key_file and str(t.key_file), cert_reqs=ssl.CERT_REQUIRED)
+        c.reconnect_delay_set(1, 10)
+        c.max_inflight_messages_set(20)
+        c.on_connect, c.on_disconnect, c.on_message = self._on_connect, self._on_disconnect, self._on_message
+        return c
+
+    def start(self):
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.cfg.session_expiry_s
+        self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=False,
+                                  properties=props)
+        self.client.loop_start()
+
+    def stop(self):
+        self.connected.clear()   # a deliberate disconnect is not worth a warning
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client, userdata, flags, reason, properties):
+        if reason.is_failure:
+            self.refused = str(reason)
+            log.error("broker refused the connection: %s", reason)
+            return
+        advertised = getattr(properties, "MaximumPacketSize", None) if properties else None
+        # The broker's limit wins; our own cap applies when it advertises none (or a larger one).
+        self.max_packet = min(advertised or self.cfg.max_packet_bytes, self.cfg.max_packet_bytes)
+        client.subscribe(self.ack_topic, qos=1)
+        self.refused = None
+        self.generation += 1
+        log.info("connected to %s:%d (session present: %s, packet limit %d bytes%s)", self.cfg.host,
+                 self.cfg.port, flags.session_present, self.max_packet,
+                 ", from CONNACK" if advertised else ", configured cap")
+        self.connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason, properties):
+        if self.connected.is_set():
+            log.warning("disconnected from the broker: %s; will reconnect and resend unacked photos", reason)
+        self.connected.clear()
+
+    def _on_message(self, client, userdata, msg):
+        try:
+            ack = json.loads(msg.payload)
+            if not isinstance(ack, dict) or not isinstance(ack.get("image_id"), str):
+                raise ValueError("no image_id")
+        except ValueError as e:
+            log.warning("ignoring malformed ack on %s: %s", msg.topic, e)
+            return
+        self.acks.put(ack)
+
+    def publish(self, topic: str, chunk: wire.Chunk) -> None:
+        size = wire.packet_size(topic, chunk.props, len(chunk.payload))
+        if size > self.max_packet:  # last guard: an oversize publish is dropped or loops at the broker
+            raise wire.OversizeMessage(f"{size}-byte packet above the broker limit {self.max_packet}")
+        self.client.publish(topic, chunk.payload, qos=1, properties=chunk.props)

@@ -1,0 +1,1 @@
+"""The ground station: MQTT subscriber -> reassembly -> decoder -> archive + catalog -> ack."""

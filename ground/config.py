@@ -1,0 +1,85 @@
+"""The ground daemon's configuration (ground.yaml). Every field has a default that works on loopback."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from codec.service.config_file import ConfigError, load_config  # noqa: F401  (re-exported for callers)
+from .refinement_settings import RefinementSettings
+from .wire import ID_RE
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TLS(Strict):
+    ca_file: Path = Field(description="CA certificate that signed the broker's certificate")
+    cert_file: Optional[Path] = Field(None, description="client certificate, when the broker asks for one")
+    key_file: Optional[Path] = Field(None, description="client key for cert_file")
+
+
+class MQTT(Strict):
+    host: str = Field("127.0.0.1", description="broker host")
+    port: int = Field(1883, ge=1, le=65535, description="broker port (8883 for TLS)")
+    client_id: Optional[str] = Field(None, description="MQTT client id; default the ground_id")
+    username: Optional[str] = Field(None, description="broker user of the ground station")
+    password_file: Optional[Path] = Field(None, description="file holding the broker password (one line)")
+    tls: Optional[TLS] = Field(None, description="TLS to the broker; off when absent")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
+    session_expiry_s: int = Field(7 * 86400, ge=0, description="persistent session lifetime at the broker")
+    share_group: str = Field("ground", description="shared subscription group: daemons in it split the load")
+    connect_wait_s: float = Field(30, ge=0, description="how long start-up waits for the broker before READY")
+
+
+class Limits(Strict):
+    max_bytes: int = Field(64 * 1024 ** 2, ge=1, description="largest bitstream accepted")
+    max_chunks: int = Field(100_000, ge=1, description="most chunks per photo")
+    max_pixels: int = Field(100_000_000, ge=1, description="largest declared width*height decoded")
+    max_side: int = Field(131072, ge=1, description="largest declared width or height decoded")
+    max_partial_bytes: int = Field(1024 ** 3, ge=1, description="all incomplete transfers together")
+
+
+class GroundConfig(Strict):
+    ground_id: str = Field("ground-1", description="this daemon's name (catalog column, default client id)")
+    topic_root: str = Field("blades", description="first topic level")
+    model: Optional[Path] = Field(None, description="codec model file; default the bundled model")
+    state_dir: Path = Field(Path("ground-state"), description="incomplete transfers; shared by daemons of one group")
+    archive: Path = Field(Path("archive"), description="archive root: <site>/<drone>/<date>/<image_id>.*")
+    catalog: Optional[Path] = Field(None, description="SQLite catalog; default <state_dir>/catalog.sqlite")
+    reconstruction: Literal["png", "tif"] = Field("png", description="format of the decoded photo")
+    decode_threads: int = Field(1, ge=1, le=64, description="decoder threads")
+    partial_expiry_s: float = Field(3600, gt=0, description="drop an incomplete transfer idle this long")
+    drones: Optional[list[str]] = Field(None, description="if set, only these drone ids are accepted")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log verbosity")
+    limits: Limits = Limits()
+    mqtt: MQTT = MQTT()
+    refinement: RefinementSettings = Field(RefinementSettings(), description="archival SGA+ refinement jobs")
+
+    @field_validator("ground_id")
+    @classmethod
+    def _safe_id(cls, v):
+        if not ID_RE.match(v):
+            raise ValueError("must be 1-64 letters, digits, '_', '.', '-' starting with a letter or digit")
+        return v
+
+    @field_validator("topic_root")
+    @classmethod
+    def _safe_root(cls, v):
+        if not v or any(c in v for c in "+#/") or v.startswith("$"):
+            raise ValueError("must be one topic level without '+', '#', '/' or a leading '$'")
+        return v
+
+    @model_validator(mode="after")
+    def _defaults(self):
+        if self.mqtt.client_id is None:
+            self.mqtt.client_id = self.ground_id
+        if self.catalog is None:
+            self.catalog = self.state_dir / "catalog.sqlite"
+        return self
+
+
+def load(path) -> GroundConfig:
+    return load_config(path, GroundConfig)

@@ -1,0 +1,33 @@
+"""The edge's rate policy through a real backend: a fixed λ, or the largest file within a byte budget."""
+import pytest
+
+from codec import api
+from codec.errors import CodecError
+from codec.imageio import Photo
+from edge.backends import select_backend
+from edge.config import Rate
+from edge.rate_policy import encode
+from tests.conftest import synthetic_image
+
+
+@pytest.fixture(scope="module")
+def backend(default_model):
+    return select_backend(default_model, order=("torch",))
+
+
+def test_fixed_lambda(default_model, backend):
+    photo = Photo(synthetic_image(128, 192, seed=3))
+    enc = encode(default_model, backend, photo, Rate(mode="fixed", lambda_index=77, tile_px=1024))
+    assert enc.lambda_index == 77
+    assert api.read_container(default_model, enc.data).header.lambda_index == 77
+
+
+def test_byte_budget_is_met_with_backend_transforms(default_model, backend):
+    photo = Photo(synthetic_image(128, 192, seed=3))
+    small = len(api.compress(default_model, photo, 0).data)
+    large = len(api.compress(default_model, photo, 255).data)
+    budget = (small + large) // 2
+    enc = encode(default_model, backend, photo, Rate(mode="budget", max_bytes=budget))
+    assert 0.97 * budget <= len(enc.data) <= budget
+    with pytest.raises(CodecError, match="budget"):
+        encode(default_model, backend, photo, Rate(mode="budget", max_bytes=max(64, small // 2)))

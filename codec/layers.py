@@ -1,9 +1,11 @@
 """Building blocks of the float transforms: simplified GDN and λ-conditioned FiLM."""
+import math
+
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .lambdas import normalised_log_lambda
+from .lambdas import LAMBDA_MAX, LAMBDA_MIN, normalised_log_lambda
 
 
 class SimplifiedGDN(nn.Module):
@@ -38,6 +40,20 @@ class LambdaFiLM(nn.Module):
         t = normalised_log_lambda(lam).view(-1, 1).to(x.dtype)
         scale, shift = self.net(t).chunk(2, dim=1)
         return x * (1.0 + scale)[:, :, None, None] + shift[:, :, None, None]
+
+
+LAMBDA_REF = math.sqrt(LAMBDA_MIN * LAMBDA_MAX)
+
+
+def rate_gain(lam, dtype=torch.float32):
+    """Fixed latent gain sqrt(λ / λ_ref), shape (B,1,1,1).
+
+    The best uniform quantiser step for rate + λ·MSE shrinks like 1/sqrt(λ); scaling y1 by this gain
+    before rounding (and z1 back by its inverse before synthesis) gives the model that rate dependence from
+    the first step, leaving the learned FiLM layers to refine it (gain units as in Cui et al., CVPR 2021).
+    """
+    lam = lam if torch.is_tensor(lam) else torch.tensor(lam)
+    return torch.sqrt(lam.to(dtype).reshape(-1, 1, 1, 1) / LAMBDA_REF)
 
 
 def down(cin: int, cout: int, kernel: int = 5):

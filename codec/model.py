@@ -14,7 +14,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .layers import SimplifiedGDN, LambdaFiLM, down, up
+from .layers import SimplifiedGDN, LambdaFiLM, down, rate_gain, up
 
 LOG2 = math.log(2.0)
 
@@ -89,7 +89,7 @@ class ImageAnalysis(nn.Module):
         h = x - 0.5
         for conv, gdn, film in zip(self.convs[:-1], self.gdns, self.films):
             h = film(gdn(conv(h)), lam)
-        return self.convs[-1](h)
+        return self.convs[-1](h) * rate_gain(lam, h.dtype)
 
 
 class LatentAnalysis(nn.Module):
@@ -132,7 +132,7 @@ class Synthesis(nn.Module):
         self.films = nn.ModuleList([LambdaFiLM(n) for _ in range(3)])
 
     def forward(self, z, lam):
-        h = z
+        h = z / rate_gain(lam, z.dtype)
         for conv, gdn, film in zip(self.convs[:-1], self.gdns, self.films):
             h = film(gdn(conv(h)), lam)
         return self.convs[-1](h) + 0.5

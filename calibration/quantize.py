@@ -75,11 +75,15 @@ def quantize_encoder(fp32_path, out_path, calibration_set: CalibrationSet | None
 
 
 def output_conv(path) -> str:
-    """Name of the Conv that produces a graph output (y1)."""
+    """Name of the last Conv before the graph output y1 (directly, or through the rate-gain Mul)."""
     m = onnx.load(str(path))
-    outputs = {o.name for o in m.graph.output}
-    for node in m.graph.node:
-        if node.op_type == "Conv" and node.output[0] in outputs:
+    producer = {out: node for node in m.graph.node for out in node.output}
+    for output in m.graph.output:
+        node = producer.get(output.name)
+        while node is not None and node.op_type == "Mul":   # y1 = conv(h) * sqrt(λ / λref)
+            node = next((producer[i] for i in node.input if i in producer and producer[i].op_type in ("Conv", "Mul")),
+                        None)
+        if node is not None and node.op_type == "Conv":
             return node.name
     raise CodecError(f"{path}: no Conv produces a graph output; is this the image-analysis graph?")
 
@@ -88,9 +92,11 @@ def check_cpu_graph(path) -> dict:
     """The CPU variant: every Conv but the output one became QLinearConv; the output Conv is float."""
     m = onnx.load(str(path))
     ops = [n.op_type for n in m.graph.node]
-    outputs = {o.name for o in m.graph.output}
-    float_out = any(n.op_type == "Conv" and n.output[0] in outputs for n in m.graph.node)
-    problems = [] if float_out else ["the y1 Conv is not float"]
+    try:
+        output_conv(path)
+        problems = []
+    except CodecError:
+        problems = ["the y1 Conv is not float"]
     if not ops.count("QLinearConv"):
         problems.append("no QLinearConv in the graph")
     return {"passed": not problems, "qlinearconv_nodes": ops.count("QLinearConv"),

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from codec import api
-from codec.bench.metrics import bd_rate, psnr
+from codec.bench.metrics import bd_psnr, bd_rate, psnr
 from codec.data import list_images
 from codec.errors import CodecError
 from codec.imageio import read_photo
@@ -25,27 +25,6 @@ from codec.onnx_export import OrtTransforms
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "blades" / "drone_frames"
 TARGET_DB = 0.3
-
-
-def bd_psnr(rate_a, psnr_a, rate_b, psnr_b) -> float | None:
-    """Average PSNR difference (dB) of curve b against a over their common log-rate range (PCHIP)."""
-    from scipy.interpolate import PchipInterpolator
-
-    def curve(rates, dists):
-        order = np.argsort(rates)
-        r, d = np.log(np.asarray(rates, float)[order]), np.asarray(dists, float)[order]
-        keep = np.concatenate([[True], np.diff(r) > 1e-9])
-        return r[keep], d[keep]
-
-    ra, da = curve(rate_a, psnr_a)
-    rb, db = curve(rate_b, psnr_b)
-    lo, hi = max(ra.min(), rb.min()), min(ra.max(), rb.max())
-    if hi <= lo or len(ra) < 2 or len(rb) < 2:
-        return None
-    grid = np.linspace(lo, hi, 200)
-    diff = PchipInterpolator(rb, db)(grid) - PchipInterpolator(ra, da)(grid)
-    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 1.x on JetPack has only trapz
-    return float(trapezoid(diff, grid) / (hi - lo))
 
 
 def spread(paths: list, n: int) -> list:

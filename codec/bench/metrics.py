@@ -50,26 +50,40 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(torch.prod(vals ** weights))
 
 
+def _curve(x, y):
+    """Points sorted by x with repeated x dropped (PCHIP needs strictly increasing x)."""
+    order = np.argsort(x)
+    xs, ys = np.asarray(x, float)[order], np.asarray(y, float)[order]
+    keep = np.concatenate([[True], np.diff(xs) > 1e-9])
+    return xs[keep], ys[keep]
+
+
+def _mean_gap(xa, ya, xb, yb) -> float | None:
+    """Mean of (curve b - curve a) over their common x range, both PCHIP-interpolated; None if disjoint."""
+    from scipy.interpolate import PchipInterpolator
+
+    lo, hi = max(xa.min(), xb.min()), min(xa.max(), xb.max())
+    if hi <= lo or len(xa) < 2 or len(xb) < 2:
+        return None
+    grid = np.linspace(lo, hi, 200)
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 1.x (JetPack) has only trapz
+    return float(trapezoid(PchipInterpolator(xb, yb)(grid) - PchipInterpolator(xa, ya)(grid), grid) / (hi - lo))
+
+
 def bd_rate(rate_a, dist_a, rate_b, dist_b) -> float | None:
     """Average bit-rate difference (%) of curve b against anchor a over their common quality range.
 
     Piecewise-cubic (monotone) interpolation of log-rate as a function of quality, as in JVET's
     implementation of Bjøntegaard's metric. None when the quality ranges do not overlap.
     """
-    from scipy.interpolate import PchipInterpolator
+    da, ra = _curve(dist_a, np.log(np.asarray(rate_a, float)))
+    db, rb = _curve(dist_b, np.log(np.asarray(rate_b, float)))
+    gap = _mean_gap(da, ra, db, rb)
+    return None if gap is None else float((math.exp(gap) - 1) * 100)
 
-    def curve(rates, dists):
-        order = np.argsort(dists)
-        d, r = np.asarray(dists, float)[order], np.log(np.asarray(rates, float)[order])
-        keep = np.concatenate([[True], np.diff(d) > 1e-9])
-        return d[keep], r[keep]
 
-    da, ra = curve(rate_a, dist_a)
-    db, rb = curve(rate_b, dist_b)
-    lo, hi = max(da.min(), db.min()), min(da.max(), db.max())
-    if hi <= lo or len(da) < 2 or len(db) < 2:
-        return None
-    grid = np.linspace(lo, hi, 200)
-    ia = np.trapezoid(PchipInterpolator(da, ra)(grid), grid)
-    ib = np.trapezoid(PchipInterpolator(db, rb)(grid), grid)
-    return float((math.exp((ib - ia) / (hi - lo)) - 1) * 100)
+def bd_psnr(rate_a, psnr_a, rate_b, psnr_b) -> float | None:
+    """Average quality difference (dB) of curve b against a over their common log-rate range."""
+    ra, da = _curve(np.log(np.asarray(rate_a, float)), psnr_a)
+    rb, db = _curve(np.log(np.asarray(rate_b, float)), psnr_b)
+    return _mean_gap(ra, da, rb, db)

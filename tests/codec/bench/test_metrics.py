@@ -26,3 +26,11 @@ def test_bd_rate_of_a_scaled_curve():
     assert bd_rate(rates, quality, 0.8 * rates, quality) == pytest.approx(-20.0, abs=0.01)
     assert bd_rate(rates, quality, rates, quality + 1.0) < 0
     assert bd_rate(rates, quality, rates, quality + 100) is None  # no overlap
+
+
+def test_bd_psnr_of_a_shifted_curve():
+    from codec.bench.metrics import bd_psnr
+    rates = np.array([0.1, 0.2, 0.4, 0.8, 1.6])
+    quality = 30 + 4 * np.log2(rates / 0.1)
+    assert bd_psnr(rates, quality, rates, quality + 0.7) == pytest.approx(0.7, abs=1e-6)
+    assert bd_psnr(rates, quality, rates * 100, quality) is None

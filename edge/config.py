@@ -5,35 +5,19 @@ import re
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from codec.service.config_file import ConfigError, load_config  # noqa: F401  (re-exported for callers)
+from codec.service.mqtt import TLS, BrokerSettings, Strict  # noqa: F401  (TLS re-exported)
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TLS(Strict):
-    ca_file: Path = Field(description="CA certificate that signed the broker's certificate")
-    cert_file: Optional[Path] = Field(None, description="client certificate, when the broker asks for one")
-    key_file: Optional[Path] = Field(None, description="client key for cert_file")
-
-
-class MQTT(Strict):
-    host: str = Field("127.0.0.1", description="broker host")
-    port: int = Field(1883, ge=1, le=65535, description="broker port (8883 for TLS)")
+class MQTT(BrokerSettings):
     client_id: Optional[str] = Field(None, description="MQTT client id; default edge-<drone>")
     username: Optional[str] = Field(None, description="broker user; must equal the drone id under the ACL")
-    password_file: Optional[Path] = Field(None, description="file holding the broker password (one line)")
-    tls: Optional[TLS] = Field(None, description="TLS to the broker; off when absent")
-    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
-    session_expiry_s: int = Field(7 * 86400, ge=0, description="persistent session lifetime at the broker")
     max_packet_bytes: int = Field(256 * 1024, ge=1024, le=268435455,
                                   description="packet cap when the broker advertises no maximum in CONNACK")
-    connect_wait_s: float = Field(30, ge=0, description="how long start-up waits for the broker before READY")
 
 
 class Rate(Strict):

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import ssl
 import threading
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+
+from codec.service.mqtt import make_client, start_persistent
 
 from . import wire
 
@@ -29,24 +28,12 @@ class Link:
         self.client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.cfg.client_id, protocol=mqtt.MQTTv5)
-        if self.cfg.username:
-            pw = open(self.cfg.password_file, encoding="utf-8").read().strip() if self.cfg.password_file else None
-            c.username_pw_set(self.cfg.username, pw)
-        if self.cfg.tls:
-            t = self.cfg.tls
-            c.tls_set(ca_certs=str(t.ca_file), certfile=t.cert_file and str(t.cert_file),
-                      keyfile=t.key_file and str(t.key_file), cert_reqs=ssl.CERT_REQUIRED)
-        c.reconnect_delay_set(1, 10)
+        c = make_client(self.cfg)
         c.on_connect, c.on_disconnect, c.on_message = self._on_connect, self._on_disconnect, self._on_message
         return c
 
     def start(self):
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.cfg.session_expiry_s
-        self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=False,
-                                  properties=props)
-        self.client.loop_start()
+        start_persistent(self.client, self.cfg)
 
     def stop(self):
         self.connected.clear()   # a deliberate disconnect is not worth a warning

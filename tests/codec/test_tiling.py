@@ -43,10 +43,15 @@ def test_tiled_matches_whole_image_coding(default_model):
     assert c.header.tiles_x * c.header.tiles_y == 12
     tiled = api.decompress(default_model, enc.data, threads=2).pixels
     assert abs(psnr(tiled, pixels) - psnr(whole, pixels)) < 0.1
-    # at the window seams (every 512 px) the tiled picture equals the whole-image one to within rounding
-    for x in (512, 1024, 1536):
-        seam = np.abs(tiled[:, x - 4:x + 4].astype(int) - whole[:, x - 4:x + 4].astype(int))
-        assert seam.max() <= 2
+    # No seam: along every tile border the tiled picture is as close to the photo as whole-image coding is.
+    # (Pixels there may differ from the whole-image ones: a tile's prior sees zero padding at its border,
+    # so means, and with them the quantisation points, shift; the error does not grow.)
+    for axis, positions in ((1, (512, 1024, 1536)), (0, (512, 1024))):
+        for pos in positions:
+            band = [slice(None), slice(None)]
+            band[axis] = slice(pos - 8, pos + 8)
+            err = lambda im: np.abs(im[tuple(band)].astype(float) - pixels[tuple(band)]).mean()
+            assert err(tiled) <= 1.1 * err(whole) + 0.25, (axis, pos, err(tiled), err(whole))
 
 
 def test_window_size_does_not_change_the_picture(tiny_model):

@@ -220,10 +220,10 @@ COMMANDS = {
 }
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def run_reporting_errors(action) -> int:
+    """Exit status of a command: user errors become one line on stderr, never a traceback."""
     try:
-        COMMANDS[args.command](args)
+        action()
     except CodecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -231,3 +231,8 @@ def main(argv=None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_reporting_errors(lambda: COMMANDS[args.command](args))

@@ -1,16 +1,13 @@
 """The edge service's configuration (edge.yaml). Every field has a default that works on loopback."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
 from codec.service.config_file import ConfigError, load_config  # noqa: F401  (re-exported for callers)
-from codec.service.mqtt import TLS, BrokerSettings, Strict  # noqa: F401  (TLS re-exported)
-
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+from codec.service.mqtt import TLS, BrokerSettings, Strict, check_id, check_topic_level  # noqa: F401
 
 
 class MQTT(BrokerSettings):
@@ -58,19 +55,8 @@ class EdgeConfig(Strict):
     transfer: Transfer = Transfer()
     mqtt: MQTT = MQTT()
 
-    @field_validator("drone", "site")
-    @classmethod
-    def _safe_id(cls, v):
-        if not ID_RE.match(v):
-            raise ValueError("must be 1-64 letters, digits, '_', '.', '-' starting with a letter or digit")
-        return v
-
-    @field_validator("topic_root")
-    @classmethod
-    def _safe_root(cls, v):
-        if not v or any(c in v for c in "+#/") or v.startswith("$"):
-            raise ValueError("must be one topic level without '+', '#', '/' or a leading '$'")
-        return v
+    _safe_id = field_validator("drone", "site")(check_id)
+    _safe_root = field_validator("topic_root")(check_topic_level)
 
     @model_validator(mode="after")
     def _defaults(self):

@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 
+from codec.cli import run_reporting_errors
 from codec.errors import CodecError
 
 BACKEND_CHOICES = ("torch", "onnxruntime", "tensorrt", "auto")
@@ -75,15 +76,7 @@ def encode(args) -> str:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-    try:
-        print(encode(args))
-    except CodecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_reporting_errors(lambda: print(encode(args)))
 
 
 if __name__ == "__main__":

@@ -7,9 +7,8 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from codec.service.config_file import ConfigError, load_config  # noqa: F401  (re-exported for callers)
-from codec.service.mqtt import TLS, BrokerSettings, Strict  # noqa: F401  (TLS re-exported)
+from codec.service.mqtt import TLS, BrokerSettings, Strict, check_id, check_topic_level  # noqa: F401
 from .refinement_settings import RefinementSettings
-from .wire import ID_RE
 
 
 class MQTT(BrokerSettings):
@@ -42,19 +41,8 @@ class GroundConfig(Strict):
     mqtt: MQTT = MQTT()
     refinement: RefinementSettings = Field(RefinementSettings(), description="archival SGA+ refinement jobs")
 
-    @field_validator("ground_id")
-    @classmethod
-    def _safe_id(cls, v):
-        if not ID_RE.match(v):
-            raise ValueError("must be 1-64 letters, digits, '_', '.', '-' starting with a letter or digit")
-        return v
-
-    @field_validator("topic_root")
-    @classmethod
-    def _safe_root(cls, v):
-        if not v or any(c in v for c in "+#/") or v.startswith("$"):
-            raise ValueError("must be one topic level without '+', '#', '/' or a leading '$'")
-        return v
+    _safe_id = field_validator("ground_id")(check_id)
+    _safe_root = field_validator("topic_root")(check_topic_level)
 
     @model_validator(mode="after")
     def _defaults(self):

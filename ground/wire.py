@@ -7,7 +7,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")     # cannot be '', '.', '..' or contain '/'
+from codec.service.mqtt import ID_RE  # ids can never be '', '.', '..' or contain '/'
+
 IMAGE_ID_RE = re.compile(r"^[0-9a-f]{8,64}$")
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 

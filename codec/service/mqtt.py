@@ -5,6 +5,7 @@ subscriptions and queued QoS 1 messages while a client is away), optional userna
 """
 from __future__ import annotations
 
+import re
 import ssl
 from pathlib import Path
 from typing import Optional
@@ -32,6 +33,22 @@ class BrokerSettings(Strict):
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
     session_expiry_s: int = Field(7 * 86400, ge=0, description="persistent session lifetime at the broker")
     connect_wait_s: float = Field(30, ge=0, description="how long start-up waits for the broker before READY")
+
+
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_id(value: str) -> str:
+    """Drone, site and station ids become topic levels and folder names: keep them plain."""
+    if not ID_RE.match(value):
+        raise ValueError("must be 1-64 letters, digits, '_', '.', '-' starting with a letter or digit")
+    return value
+
+
+def check_topic_level(value: str) -> str:
+    if not value or any(c in value for c in "+#/") or value.startswith("$"):
+        raise ValueError("must be one topic level without '+', '#', '/' or a leading '$'")
+    return value
 
 
 def read_password(path) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import signal
 import threading
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from codec.imageio import Photo, read_photo
 from codec.runtime import CodecModel
 
 from codec.service import sd_notify
+from codec.service.process import stop_on_signals
 
 from . import inbox, rate_policy, wire
 from .backends import select_backend
@@ -222,8 +222,4 @@ class EdgeService:
 
 
 def install_signal_handlers(service: EdgeService):
-    def stop(signum, frame):
-        log.info("signal %d: stopping after the current step", signum)
-        service.stop.set()
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop_on_signals(service.stop, log, "step")

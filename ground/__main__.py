@@ -12,16 +12,15 @@ def main(argv=None) -> int:
     parser.add_argument("--validate-config", action="store_true", help="check the config and exit")
     args = parser.parse_args(argv)
 
-    from .config import ConfigError, load
-    try:
-        cfg = load(args.config)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    from codec.service.process import LOG_FORMAT, load_config_or_report
+    from .config import load
+    cfg = load_config_or_report(args.config, load)
+    if cfg is None:
         return 2
     if args.validate_config:
         print(f"{args.config}: ok")
         return 0
-    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=cfg.log_level, format=LOG_FORMAT)
     from codec.errors import CodecError
     from .daemon import GroundDaemon, install_signal_handlers
     try:

@@ -9,7 +9,6 @@ import hashlib
 import math
 import logging
 import queue
-import signal
 import threading
 import time
 
@@ -22,6 +21,7 @@ from codec.lambdas import lambda_of_index
 from codec.runtime import CodecModel
 
 from codec.service import sd_notify
+from codec.service.process import stop_on_signals
 
 from . import exif_info, wire
 from .archive import Archive
@@ -237,8 +237,4 @@ def _float_or_none(value):
 
 
 def install_signal_handlers(daemon: GroundDaemon):
-    def stop(signum, frame):
-        log.info("signal %d: stopping after the current photo", signum)
-        daemon.stop.set()
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop_on_signals(daemon.stop, log, "photo")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sqlite3
 import sys
 import threading
@@ -33,6 +32,7 @@ from codec.runtime import CodecModel
 from . import exif_info
 from .refinement_settings import RefinementSettings
 from codec.service.atomic_files import write_bytes
+from codec.service.process import LOG_FORMAT, load_config_or_report, stop_on_signals
 
 log = logging.getLogger("ground.refinement")
 
@@ -208,24 +208,21 @@ def main(argv=None) -> int:
     p.add_argument("--originals", help="folder of originals synced from the drone (overrides the config)")
     p.add_argument("--once", action="store_true", help="stop when no job is left")
     args = p.parse_args(argv)
-    from .config import ConfigError, load
-    try:
-        cfg = load(args.config)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    from .config import load
+    cfg = load_config_or_report(args.config, load)
+    if cfg is None:
         return 2
     settings = cfg.refinement
     if args.originals:
         settings = settings.model_copy(update={"originals": Path(args.originals)})
-    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=cfg.log_level, format=LOG_FORMAT)
     try:
         model = CodecModel.load(cfg.model)
     except CodecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop_on_signals(stop, log, "photo")
     run(cfg.catalog, model, settings, stop, once=args.once)
     return 0
 

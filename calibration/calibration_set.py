@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codec.data import list_images
+from codec.data import list_images, spread
 from codec.errors import CodecError
 from codec.imageio import read_rgb
 
@@ -41,9 +41,7 @@ class CalibrationSet:
         paths = list_images(self.folder)
         if not paths:
             raise CodecError(f"{self.folder}: no photos to calibrate on")
-        n = min(self.count, len(paths))
-        picks = np.linspace(0, len(paths) - 1, n).round().astype(int)
-        return [paths[i] for i in picks]
+        return spread(paths, self.count)
 
     def describe(self) -> dict:
         return {"folder": str(self.folder), "photos": [p.name for p in self.paths()],

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True)
     t.add_argument("--steps", type=int, default=None, help="override the config's step count")
     t.add_argument("--run-dir", default="", help="override the config's run directory")
+    t.add_argument("--time-budget", type=float, default=None, metavar="S",
+                   help="stop (checkpoint and validate) after S CPU seconds of this run")
 
     e = sub.add_parser("export-model", help="float weights -> complete model (integer priors, CDF tables)")
     e.add_argument("--weights", required=True, help="a training run's best.npz or last.pt")
@@ -78,9 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--presets", nargs="+", default=["methods"], choices=["methods", "classes", "sensitivity"])
 
     bt = sub.add_parser("bench-train", help="training steps/s of CPU training variants (run on an idle machine)")
-    bt.add_argument("--variants", nargs="+", default=["baseline", "channels_last", "one_thread", "crop128_batch16"])
+    bt.add_argument("--variants", nargs="+", default=["baseline", "channels_last", "one_thread", "crop128_batch16",
+                                                      "compile"])
     bt.add_argument("--steps", type=int, default=10)
     bt.add_argument("--warmup", type=int, default=3)
+
+    bn = sub.add_parser("bench-runs", help="coded validation RD of training runs, BD-rate against the first")
+    bn.add_argument("runs", nargs="+", help="run directories (their last.npz) or model files")
 
     bc = sub.add_parser("bench-coder", help="rANS throughput and overhead on real photos' symbols")
     bc.add_argument("--data", default="../shared/data/blades/drone_frames")
@@ -170,7 +176,8 @@ def cmd_refine(args):
     from . import api
     from .imageio import read_photo
     from .lambdas import index_of_lambda
-    from .latent_refinement import RefineConfig, refine_photo
+    from .latent_refinement import RefineConfig
+    from .photo_refinement import passes, refine_photo
     from .runtime import CodecModel
 
     model = CodecModel.load(args.model)
@@ -185,7 +192,8 @@ def cmd_refine(args):
         index = index_of_lambda(args.lam)
     except ValueError as e:
         raise CodecError(str(e)) from None
-    with tqdm(total=cfg.steps, desc="refine", unit="step", disable=not sys.stderr.isatty()) as bar:
+    total = cfg.steps * passes(model, *photo.pixels.shape[:2])   # large photos: cfg.steps per coding tile
+    with tqdm(total=total, desc="refine", unit="step", disable=not sys.stderr.isatty()) as bar:
         def step(i, loss, bpp, mse):
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", bpp=f"{bpp:.4f}")
@@ -216,6 +224,7 @@ COMMANDS = {
     "bench-refine": _lazy(".bench.refinement"),
     "bench-coder": _lazy(".bench.coder"),
     "bench-train": _lazy(".bench.training_speed"),
+    "bench-runs": _lazy(".bench.compare_runs"),
     "bench-memory": _lazy(".bench.memory"),
 }
 

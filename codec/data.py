@@ -15,6 +15,14 @@ def list_images(folder) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def spread(paths: list, n: int) -> list:
+    """n items evenly spaced over a sorted list: neighbouring video frames are near-duplicates of one scene."""
+    if n <= 0 or not paths:
+        return []
+    picks = np.linspace(0, len(paths) - 1, min(n, len(paths))).round().astype(int)
+    return [paths[i] for i in picks]
+
+
 class CropSampler:
     """Draws random crops from several folders, each with its own sampling weight."""
 

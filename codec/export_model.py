@@ -14,7 +14,7 @@ import torch
 
 from . import weights
 from .cdf_tables import build_tables
-from .data import list_images
+from .data import list_images, spread
 from .errors import CodecError
 from .imageio import read_rgb
 from .integer_prior import convert
@@ -34,14 +34,13 @@ def image_tensor(rgb: np.ndarray, max_side: int = 512) -> torch.Tensor:
     return torch.from_numpy(crop.transpose(2, 0, 1).copy()).float().div(255).unsqueeze(0)
 
 
-def calibration_images(per_dir: int = 8) -> list:
+def calibration_images(per_dir: int = 8, dirs=CALIBRATION_DIRS) -> list:
     images = []
-    for d in CALIBRATION_DIRS:
+    for d in dirs:
         paths = list_images(PROJECT_ROOT / d)
-        step = max(1, len(paths) // per_dir)
-        images += [image_tensor(read_rgb(p)) for p in paths[::step][:per_dir]]
+        images += [image_tensor(read_rgb(p)) for p in spread(paths, per_dir)]
     if not images:
-        raise CodecError("no calibration images found under ../shared/data")
+        raise CodecError(f"no calibration images found under {', '.join(map(str, dirs))}")
     return images
 
 

@@ -124,20 +124,29 @@ def refine(net, x: torch.Tensor, lam: float, cfg: RefineConfig, ys=None, on_step
     collection of step counts at which a copy of the latents is passed as on_step(..., latents=...).
     """
     lam_t = torch.tensor([float(lam)])
-    for p in net.parameters():
-        p.requires_grad_(False)
+    freeze(net)
     if ys is None:
         with torch.no_grad():
             ys = net.analysis(x, lam_t)
     params = [y.detach().clone().requires_grad_(True) for y in ys]
+    steps = optimise(params, lambda q: objective(net, params, x, lam_t, q), cfg, on_step, snapshots)
+    return [p.detach() for p in params], steps
+
+
+def freeze(net):
+    for p in net.parameters():
+        p.requires_grad_(False)
+
+
+def optimise(params: list, loss_of, cfg: RefineConfig, on_step=None, snapshots=()) -> int:
+    """Adam on params against loss_of(quantiser) -> (loss, bpp, mse), annealing τ; returns the steps run."""
     opt = torch.optim.Adam(params, lr=cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     start, step = time.monotonic(), 0
     while step < cfg.steps:
         if cfg.time_budget and time.monotonic() - start >= cfg.time_budget:
             break
-        quantiser = make_quantiser(cfg, cfg.temperature(step), generator)
-        loss, bpp, mse = objective(net, params, x, lam_t, quantiser)
+        loss, bpp, mse = loss_of(make_quantiser(cfg, cfg.temperature(step), generator))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -146,75 +155,4 @@ def refine(net, x: torch.Tensor, lam: float, cfg: RefineConfig, ys=None, on_step
             on_step(step, loss.item(), bpp.item(), mse.item(), latents=[p.detach().clone() for p in params])
         elif on_step:
             on_step(step, loss.item(), bpp.item(), mse.item())
-    return [p.detach() for p in params], step
-
-
-# --- a whole photo: baseline, refinement, and the better of the two as a standard bitstream ---
-
-MAX_REFINE_PIXELS = 4_000_000  # back-propagating through the whole photo; larger ones need windows
-
-
-@dataclass
-class Point:
-    bytes: int
-    bpp: float
-    psnr: float
-    loss: float       # bpp + λ·MSE (pixels in [0, 1]), measured on the real bitstream
-
-
-@dataclass
-class Refined:
-    data: bytes
-    before: Point
-    after: Point
-    steps: int
-    kept_refined: bool
-    seconds: float
-
-
-def _measure(model, data: bytes, pixels, lam: float) -> Point:
-    import numpy as np
-    from . import api
-
-    out = api.decompress(model, data).pixels
-    mse = float(np.mean((out.astype(np.float64) - pixels) ** 2)) / 255.0 ** 2
-    bpp = 8 * len(data) / (pixels.shape[0] * pixels.shape[1])
-    return Point(len(data), bpp, 10 * math.log10(1 / max(mse, 1e-12)), bpp + lam * mse)
-
-
-def refine_photo(model, photo, lambda_index: int, cfg: RefineConfig, on_step=None, target=None) -> Refined:
-    """Refine a photo's latents; never returns something worse than plain encoding on the objective.
-
-    target: the pixels to aim for (default: the photo itself). When only a received reconstruction is
-    available it is both the start and the target.
-    """
-    import numpy as np
-    from . import api
-    from .lambdas import lambda_of_index
-    from .tiling import TileGeometry, analyse, pad_image
-    from .transforms import TorchTransforms
-
-    t0 = time.monotonic()
-    pixels = photo.pixels if target is None else target
-    if pixels.shape[0] * pixels.shape[1] > MAX_REFINE_PIXELS:
-        raise CodecError(f"refinement works on photos up to {MAX_REFINE_PIXELS / 1e6:g} MP for now, "
-                         f"this one is {pixels.shape[0] * pixels.shape[1] / 1e6:.1f} MP")
-    lam = lambda_of_index(lambda_index)
-    net = model.torch_model
-    h, w = pixels.shape[:2]
-    g = TileGeometry(w, h, api.DEFAULT_TILE_PX, model.cfg.levels)
-    t = TorchTransforms(net, lam)
-    ys = analyse(t.image, t.latent, pixels, g)
-    base = api.compress_latents(model, ys, photo, lambda_index)
-    before = _measure(model, base.data, pixels, lam)
-    reserve = 1.5 * (time.monotonic() - t0)  # final encode + decode take about as long as this did
-    if cfg.time_budget:
-        cfg = RefineConfig(**{**cfg.__dict__, "time_budget": max(0.0, cfg.time_budget - reserve)})
-    padded = pad_image(pixels, g.h1, g.w1)
-    x = torch.from_numpy(padded.transpose(2, 0, 1).copy()).float().div(255)[None]
-    refined, steps = refine(net, x, lam, cfg, [torch.from_numpy(y)[None] for y in ys], on_step)
-    enc = api.compress_latents(model, [y[0].numpy() for y in refined], photo, lambda_index)
-    after = _measure(model, enc.data, pixels, lam)
-    keep = after.loss < before.loss
-    return Refined(enc.data if keep else base.data, before, after if keep else before, steps, keep,
-                   time.monotonic() - t0)
+    return step

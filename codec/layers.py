@@ -11,14 +11,25 @@ from .lambdas import LAMBDA_MAX, LAMBDA_MIN, normalised_log_lambda
 class SimplifiedGDN(nn.Module):
     """y = x / (β + Γ|x|) (Johnston et al. 2019); the inverse multiplies instead of divides.
 
-    β and Γ are kept positive by squaring a free parameter, so training cannot flip their sign.
+    β and Γ are kept positive by squaring a free parameter, so training cannot flip their sign. A squared
+    parameter at exactly 0 has zero gradient and never moves, so Γ's off-diagonal starts at PEDESTAL² instead.
     """
+    PEDESTAL = 1e-3
 
     def __init__(self, channels: int, inverse: bool = False):
         super().__init__()
         self.inverse = inverse
         self.beta_param = nn.Parameter(torch.ones(channels))
-        self.gamma_param = nn.Parameter(torch.eye(channels).mul(0.1).sqrt().view(channels, channels, 1, 1))
+        gamma = torch.eye(channels).mul(0.1) + self.PEDESTAL ** 2
+        self.gamma_param = nn.Parameter(gamma.sqrt().view(channels, channels, 1, 1))
+
+    @torch.no_grad()
+    def lift_stuck_zeros(self) -> int:
+        """Models trained before the pedestal have exact zeros that can never learn: lift them. Returns
+        how many were lifted (Γ changes by at most PEDESTAL² per entry)."""
+        stuck = self.gamma_param == 0
+        self.gamma_param[stuck] = self.PEDESTAL
+        return int(stuck.sum())
 
     def forward(self, x):
         beta = self.beta_param.square() + 1e-6

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 import yaml
 
-from .data import CropSampler, list_images
+from .data import CropSampler, list_images, spread
 from .errors import CodecError
 from .imageio import read_rgb
 from .lambdas import LAMBDA_MAX, LAMBDA_MIN
+from .layers import SimplifiedGDN
 from .model import ModelConfig, NestedLatentCodec
 from . import weights
 
@@ -55,6 +56,10 @@ class TrainConfig:
     init_from: str = ""            # a model .npz to start from when the run has no checkpoint
     model: dict = field(default_factory=dict)
     channels_last: bool = False
+    compile: bool = False          # torch.compile the training forward pass (bench-train: ~1.4x steps/s)
+    time_budget_s: float = 0.0     # stop after this many CPU seconds of this invocation (0: no limit);
+                                   # CPU time, so runs compared "at equal CPU budget" are, whatever else ran
+    val_coded: bool = True         # validation also entropy-codes with integer priors (real bytes)
     bound: bool = False            # train the relaxed "bound" model (a BG-VAE teacher)
     teacher: str = ""              # a bound model (.npz or .pt) to distil from
     distill_align: float = 0.5     # weight of affinity-matrix feature alignment
@@ -166,7 +171,8 @@ class Validator:
     """Fixed drone frames at fixed λ: estimated bpp (rounded latents) and PSNR."""
 
     def __init__(self, cfg: TrainConfig):
-        paths = list_images(resolve(cfg.val_dir))[: cfg.val_images] if resolve(cfg.val_dir).is_dir() else []
+        self.calibration_dirs = [resolve(s["path"]) for s in cfg.sources]
+        paths = spread(list_images(resolve(cfg.val_dir)), cfg.val_images) if resolve(cfg.val_dir).is_dir() else []
         self.images = [self._prep(read_rgb(p)) for p in paths]
         self.lambdas = cfg.val_lambdas
 
@@ -187,6 +193,33 @@ class Validator:
                 mses.append((out["x_hat"].clamp(0, 1) - x).square().mean().item())
             result[lam] = (float(np.mean(bpps)), float(np.mean([psnr(m) for m in mses])))
         model.train()
+        return result
+
+    def coded(self, model) -> dict:
+        """Real bytes: the model with integer priors (calibrated on a few training crops) compresses and
+        decompresses each validation image; bpp counts the whole container."""
+        import copy
+        from . import api
+        from .export_model import build_model_arrays, calibration_images
+        from .imageio import Photo
+        from .lambdas import index_of_lambda
+        from .runtime import CodecModel
+
+        net = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()
+        with torch.no_grad():
+            arrays = build_model_arrays(net, calibration_images(2, self.calibration_dirs))
+        codec = CodecModel(arrays, {"config": net.cfg.to_dict()}, Path("<validation model>"))
+        result, threads = {}, torch.get_num_threads()
+        for lam in self.lambdas:
+            bpps, psnrs = [], []
+            for x in self.images:
+                rgb = (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+                data = api.compress(codec, Photo(rgb), index_of_lambda(lam)).data
+                out = api.decompress(codec, data).pixels
+                bpps.append(8 * len(data) / (rgb.shape[0] * rgb.shape[1]))
+                psnrs.append(psnr(float(np.mean((out.astype(np.float64) - rgb) ** 2)) / 255 ** 2))
+            result[lam] = (float(np.mean(bpps)), float(np.mean(psnrs)))
+        torch.set_num_threads(threads)   # api calls set their own thread count
         return result
 
     @staticmethod
@@ -214,6 +247,14 @@ def export_float_model(model, path: Path, info: dict):
 
 def restore(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
     """Returns (step, best score). Prefers the run's checkpoint, then cfg.init_from, else fresh."""
+    step, best = _load_state(cfg, run_dir, model, opt, sampler)
+    lifted = sum(m.lift_stuck_zeros() for m in model.modules() if isinstance(m, SimplifiedGDN))
+    if lifted:
+        log.info("lifted %d GDN weights stuck at exactly 0 (zero gradient) to a small pedestal", lifted)
+    return step, best
+
+
+def _load_state(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
     ckpt = run_dir / "last.pt"
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
@@ -249,13 +290,15 @@ def train(cfg: TrainConfig):
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, best = restore(cfg, run_dir, model, opt, sampler)
+    forward = torch.compile(model) if cfg.compile else model   # validation stays eager: other shapes
     validator = Validator(cfg)
     distiller = Distiller(cfg, model) if cfg.teacher else None
     rng = np.random.default_rng(cfg.seed + step)
     log.info("training %s for %d steps, batch %d x %d px", run_dir, cfg.steps, cfg.batch, cfg.crop)
     t_start, wall_before = time.time(), _wall_so_far(run_dir)
     window = []
-    while step < cfg.steps:
+    cpu_start = time.process_time()
+    while step < cfg.steps and not _out_of_time(cfg, cpu_start):
         t0 = time.time()
         x = torch.from_numpy(sampler.batch(cfg.batch))
         if cfg.channels_last:
@@ -265,7 +308,7 @@ def train(cfg: TrainConfig):
             g["lr"] = learning_rate(cfg, step)
         if distiller:
             distiller.begin()
-        out = model(x, lam, bound=cfg.bound)
+        out = forward(x, lam, bound=cfg.bound)
         loss, bpp, mse = rd_loss(out, x, lam)
         align = recon = 0.0
         if distiller:
@@ -284,21 +327,37 @@ def train(cfg: TrainConfig):
                      extra)
             window.clear()
         wall = wall_before + time.time() - t_start
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        last = step == cfg.steps or _out_of_time(cfg, cpu_start)
+        if step % cfg.checkpoint_every == 0 or last:
             save_checkpoint(run_dir / "last.pt", model, opt, step, sampler, best)
             _write_wall(run_dir, wall)
-        if step % cfg.val_every == 0 or step == cfg.steps:
-            result = validator(model)
-            score = Validator.score(result)
-            log.info("val step %d: %s score %.4f", step,
-                     "  ".join(f"λ{lam}: {b:.3f} bpp {p:.2f} dB" for lam, (b, p) in result.items()), score)
-            info = {"step": step, "wall_seconds": round(wall), "val": {str(k): v for k, v in result.items()}}
-            export_float_model(model, run_dir / "last.npz", info)
-            if score < best:
-                best = score
-                export_float_model(model, run_dir / "best.npz", info)
-                save_checkpoint(run_dir / "last.pt", model, opt, step, sampler, best)
+        if step % cfg.val_every == 0 or last:
+            best = validate(cfg, validator, model, run_dir, step, wall, best)
+            save_checkpoint(run_dir / "last.pt", model, opt, step, sampler, best)
     log.info("finished at step %d", step)
+
+
+def validate(cfg: TrainConfig, validator, model, run_dir: Path, step: int, wall: float, best: float) -> float:
+    """Logs estimated and (val_coded) entropy-coded figures, exports last.npz and best.npz; returns best."""
+    result = validator(model)
+    score = Validator.score(result)
+    log.info("val step %d: %s score %.4f", step,
+             "  ".join(f"λ{lam}: {b:.3f} bpp {p:.2f} dB" for lam, (b, p) in result.items()), score)
+    info = {"step": step, "wall_seconds": round(wall), "val": {str(k): v for k, v in result.items()}}
+    if cfg.val_coded and validator.images:
+        coded = validator.coded(model)
+        log.info("val step %d coded: %s", step,
+                 "  ".join(f"λ{lam}: {b:.3f} bpp {p:.2f} dB" for lam, (b, p) in coded.items()))
+        info["val_coded"] = {str(k): v for k, v in coded.items()}
+    export_float_model(model, run_dir / "last.npz", info)
+    if score < best:
+        export_float_model(model, run_dir / "best.npz", info)
+        return score
+    return best
+
+
+def _out_of_time(cfg: TrainConfig, cpu_start: float) -> bool:
+    return cfg.time_budget_s > 0 and time.process_time() - cpu_start >= cfg.time_budget_s
 
 
 def _wall_so_far(run_dir: Path) -> float:
@@ -316,5 +375,7 @@ def main(args):
         cfg.steps = args.steps
     if args.run_dir:
         cfg.run_dir = args.run_dir
+    if args.time_budget is not None:
+        cfg.time_budget_s = args.time_budget
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     train(cfg)

@@ -37,6 +37,23 @@ class Transfer(Strict):
     max_inflight_photos: int = Field(8, ge=1, description="photos published and awaiting an ack at once")
 
 
+class Backend(Strict):
+    """Files and settings handed to the encoder backends; a backend that cannot use them is skipped."""
+    onnx: Optional[Path] = Field(None, description="ONNX Runtime image-analysis graph, e.g. encoder.int8.onnx "
+                                 "(encoder_latent.onnx is read from the same folder); null: export the model's")
+    engine: Optional[Path] = Field(None, description="TensorRT engine file, or a folder of cached engines; "
+                                   "null: the tensorrt backend is skipped")
+    providers: Literal["auto", "cuda", "cpu"] = Field("auto", description="ONNX Runtime execution provider")
+
+    @field_validator("onnx", "engine")
+    @classmethod
+    def _exists(cls, path):
+        # A mistyped path would otherwise only show as a fallback warning on the drone.
+        if path is not None and not path.exists():
+            raise ValueError(f"{path} does not exist")
+        return path
+
+
 class EdgeConfig(Strict):
     drone: str = Field("drone-01", description="this drone's id (topic segment, broker user)")
     site: str = Field("site-01", description="inspection site id (topic segment)")
@@ -44,6 +61,7 @@ class EdgeConfig(Strict):
     model: Optional[Path] = Field(None, description="codec model file; default the bundled model")
     backend_order: list[str] = Field(["tensorrt", "onnxruntime", "torch"], min_length=1,
                                      description="encoder backends to try, in order")
+    backend: Backend = Backend()
     inbox: Path = Field(Path("inbox"), description="where the camera drops photos (+ NAME.done markers)")
     spool: Path = Field(Path("spool"), description="encoded photos awaiting the ground's ack")
     processed: Optional[Path] = Field(Path("sent"), description="originals moved here once spooled (kept "

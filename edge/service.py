@@ -35,7 +35,8 @@ class EdgeService:
         cfg.inbox.mkdir(parents=True, exist_ok=True)
         self.spool = Spool(cfg.spool, cfg.spool_quota.max_bytes, cfg.spool_quota.max_files)
         self.model = CodecModel.load(cfg.model)
-        self.backend = select_backend(self.model, order=tuple(cfg.backend_order))
+        self.backend = select_backend(self.model, order=tuple(cfg.backend_order), threads=cfg.rate.threads,
+                                      **cfg.backend.model_dump())
         self._warm_up()
         self.link = Link(cfg.mqtt, wire.ack_topic(cfg.topic_root, cfg.site, cfg.drone))
         self.inflight: dict[str, tuple[int, float]] = {}   # image_id -> (connection generation, sent at)

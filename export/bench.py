@@ -22,7 +22,7 @@ import numpy as np
 from codec import api
 from codec.bench.anchors import anchors
 from codec.bench.metrics import psnr
-from codec.data import list_images
+from codec.data import list_images, spread
 from codec.errors import CodecError
 from codec.imageio import Photo, read_photo
 from codec.lambdas import index_of_lambda, lambda_of_index
@@ -96,7 +96,7 @@ def run(model, onnx_dir, data=DEFAULT_DATA, max_images=6, lam=1024.0, threads=2)
     paths = list_images(data)
     if not paths:
         raise CodecError(f"{data}: no photos")
-    paths = [paths[i] for i in np.linspace(0, len(paths) - 1, min(max_images, len(paths))).round().astype(int)]
+    paths = spread(paths, max_images)
     index = index_of_lambda(lam)
     contenders = backends(model, Path(onnx_dir), threads)
     anchor_codecs = {a.name: a for a in anchors() if a.name in ANCHORS}

@@ -73,15 +73,13 @@ def stage(report: dict, name: str, fn):
 
 
 def photo_paths(args) -> list:
-    from codec.data import list_images
+    from codec.data import list_images, spread
     if not args.photos.is_dir():
         raise FileNotFoundError(f"{args.photos}: photo folder not found (pass --photos DIR)")
     paths = list_images(args.photos)
     if not paths:
         raise FileNotFoundError(f"{args.photos}: no photos")
-    # spread over the folder: neighbouring frames are near-duplicates of one scene
-    step = max(1, len(paths) // max(1, args.num_photos))
-    return paths[::step][: args.num_photos]
+    return spread(paths, args.num_photos)
 
 
 def onnx_stages(args, model, report: dict) -> dict:

@@ -26,7 +26,8 @@ from codec import api
 from codec.data import list_images
 from codec.errors import CodecError
 from codec.imageio import Photo, read_photo
-from codec.latent_refinement import RefineConfig, refine_photo
+from codec.latent_refinement import RefineConfig
+from codec.photo_refinement import refine_photo
 from codec.runtime import CodecModel
 
 from . import exif_info

@@ -6,7 +6,7 @@ import time
 import numpy as np
 
 from .. import rans
-from ..data import list_images
+from ..data import list_images, spread
 from ..imageio import read_rgb
 from ..latent_coding import quantise
 from ..lambdas import index_of_lambda, lambda_of_index
@@ -53,7 +53,7 @@ def throughput(values, tables, model: CodecModel, repeats: int = 3) -> dict:
 
 def main(args):
     model = CodecModel.load(args.model)
-    paths = list_images(args.data)[: args.max_images]
+    paths = spread(list_images(args.data), args.max_images)
     values, tables = photo_symbols(model, paths)
     r = throughput(values, tables, model)
     print(f"| symbols | encode M sym/s | decode M sym/s | overhead vs ideal code length |\n|---|---|---|---|\n"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import api
-from ..data import list_images
+from ..data import list_images, spread
 from ..errors import CodecError
 from ..imageio import Photo, read_rgb
 from ..lambdas import index_of_lambda
@@ -135,7 +135,8 @@ def run(data_dirs, out_dir, model_path=None, lambdas=DEFAULT_LAMBDAS, max_images
         contenders = [c for c in contenders if c.name in codecs]
     rows = []
     for d in data_dirs:
-        paths = list_images(d)[: max_images or None]
+        paths = list_images(d)
+        paths = spread(paths, max_images) if max_images else paths
         if not paths:
             raise CodecError(f"no images in {d}")
         for path in paths:

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from .. import api
-from ..data import list_images
+from ..data import list_images, spread
 from ..imageio import Photo, read_rgb
 from ..lambdas import index_of_lambda, lambda_of_index
-from ..latent_refinement import RefineConfig, _measure, refine
+from ..latent_refinement import RefineConfig, refine
+from ..photo_refinement import measure
 from ..runtime import CodecModel
 from ..tiling import TileGeometry, analyse
 from ..transforms import TorchTransforms
@@ -38,7 +39,7 @@ def label(method, classes, a, tau_max) -> str:
 
 def crops(data_dir, n: int, size: int) -> list[np.ndarray]:
     out = []
-    for path in list_images(data_dir)[:n]:
+    for path in spread(list_images(data_dir), n):
         im = read_rgb(path)
         h, w = min(size, im.shape[0]) // 16 * 16, min(size, im.shape[1]) // 16 * 16
         y0, x0 = (im.shape[0] - h) // 2, (im.shape[1] - w) // 2
@@ -68,13 +69,13 @@ def run_one(model, pixels, lam_index, config, steps, checkpoints):
     points = []
     for step in sorted(found):
         enc = api.compress_latents(model, [z[0].numpy() for z in found[step]], photo, lam_index)
-        points.append((step, _measure(model, enc.data, pixels, lam)))
+        points.append((step, measure(model, enc.data, pixels, lam)))
     return points, per_step
 
 
 def baseline(model, pixels, lam_index):
     photo = Photo(pixels)
-    return _measure(model, api.compress(model, photo, lam_index).data, pixels, lambda_of_index(lam_index))
+    return measure(model, api.compress(model, photo, lam_index).data, pixels, lambda_of_index(lam_index))
 
 
 def bd_rows(rows):

@@ -9,8 +9,8 @@ import torch
 
 from codec import api
 from codec.imageio import Photo
-from codec.latent_refinement import (METHODS, RefineConfig, candidate_logits, candidates, refine_photo,
-                                     sga_round)
+from codec.latent_refinement import METHODS, RefineConfig, candidate_logits, candidates, sga_round
+from codec.photo_refinement import refine_photo
 from tests.conftest import PROJECT_ROOT, synthetic_image
 
 SGA = ("ssl", "linear", "cosine", "atanh")
@@ -76,11 +76,27 @@ def test_refinement_lowers_the_objective_of_the_default_model(default_model):
     assert result.kept_refined and result.after.loss < result.before.loss
 
 
+def test_large_photos_go_tile_by_tile_and_still_gain(tiny_model, default_model):
+    photo = Photo(synthetic_image(96, 1100, seed=5))     # two coding tiles side by side
+    calls = []
+    result = refine_photo(tiny_model, photo, 200, RefineConfig(steps=6, lr=0.05), whole_photo_pixels=0,
+                          on_step=lambda step, *a: calls.append(step))
+    assert result.tiles == 2 and result.steps == 12 and calls == list(range(1, 13))
+    assert result.after.loss <= result.before.loss
+    assert api.decompress(tiny_model, result.data).pixels.shape == photo.pixels.shape
+    result = refine_photo(default_model, photo, 150, RefineConfig(steps=30), whole_photo_pixels=0)
+    assert result.tiles == 2 and result.kept_refined and result.after.loss < result.before.loss
+
+
 def test_time_budget_is_kept(tiny_model):
     photo = Photo(synthetic_image(64, 96, seed=3))
     result = refine_photo(tiny_model, photo, 100, RefineConfig(steps=10 ** 6, time_budget=3.0))
     assert 0 < result.steps < 10 ** 6
     assert result.seconds < 3.0 * 1.5 + 1.0
+    photo = Photo(synthetic_image(64, 1100, seed=3))   # tile by tile: the budget is shared out
+    result = refine_photo(tiny_model, photo, 100, RefineConfig(steps=10 ** 6, time_budget=4.0), whole_photo_pixels=0)
+    assert result.tiles == 2 and 0 < result.steps < 10 ** 6
+    assert result.seconds < 4.0 * 1.5 + 1.0
 
 
 def test_cli_refine_writes_a_standard_bitstream(tmp_path, tiny_model):

@@ -55,6 +55,22 @@ def test_trains_checkpoints_and_resumes(tmp_path, folders):
     assert "resumed from" in (run / "train.log").read_text()
 
 
+def test_validation_codes_real_bytes_and_a_time_budget_stops_the_run(tmp_path, folders):
+    train(TrainConfig(**config(tmp_path, folders, steps=100_000, val_every=1000, time_budget_s=3.0)))
+    run = tmp_path / "run"
+    step = torch.load(run / "last.pt", weights_only=False)["step"]
+    assert 0 < step < 100_000
+    log = (run / "train.log").read_text()
+    assert f"val step {step} coded: λ64: " in log
+    from codec import weights
+    coded = weights.load_arrays(run / "last.npz")[1]["train"]["val_coded"]
+    estimated = weights.load_arrays(run / "last.npz")[1]["train"]["val"]
+    # Real files cost more than the estimate (container, tile side info) but the same order of magnitude.
+    for lam in ("64", "4096"):
+        assert estimated[lam][0] < coded[lam][0] < 3 * estimated[lam][0] + 0.5
+        assert 5 < coded[lam][1] < 60
+
+
 def test_restarts_from_a_model_file_when_checkpoints_are_gone(tmp_path, folders):
     train(TrainConfig(**config(tmp_path, folders)))
     model_file = tmp_path / "run" / "best.npz"
@@ -63,6 +79,25 @@ def test_restarts_from_a_model_file_when_checkpoints_are_gone(tmp_path, folders)
     log = (tmp_path / "run2" / "train.log").read_text()
     assert "started from model file" in log
     assert torch.load(tmp_path / "run2" / "last.pt", weights_only=False)["step"] == 8
+
+
+def test_gdn_weights_stuck_at_zero_are_lifted_and_then_learn(tmp_path, folders):
+    from codec.layers import SimplifiedGDN
+    from codec.model import ModelConfig, NestedLatentCodec
+    from codec.train import export_float_model
+
+    old = NestedLatentCodec(ModelConfig(**TINY))
+    off_diagonal = ~torch.eye(8, dtype=torch.bool).view(8, 8, 1, 1)
+    for m in old.modules():
+        if isinstance(m, SimplifiedGDN):   # as models made before the pedestal: off-diagonal exactly 0
+            m.gamma_param.data[off_diagonal] = 0.0
+    export_float_model(old, tmp_path / "old.npz", {"step": 0})
+    train(TrainConfig(**config(tmp_path, folders, steps=3, init_from=str(tmp_path / "old.npz"))))
+    assert "lifted 336 GDN weights stuck at exactly 0" in (tmp_path / "run" / "train.log").read_text()
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
+    gamma = state["synthesis.gdns.0.gamma_param"]
+    assert torch.all(gamma[off_diagonal] != 0)
+    assert torch.any((gamma[off_diagonal] - SimplifiedGDN.PEDESTAL).abs() > 1e-5)   # and they moved
 
 
 def test_cli_train_reports_a_bad_config(tmp_path):

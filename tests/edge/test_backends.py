@@ -61,6 +61,30 @@ def test_fallback_skips_tensorrt_and_logs_the_choice(tiny_model, graphs, caplog)
     assert "encoder backend: onnxruntime" in caplog.text
 
 
+def test_the_edge_service_runs_the_configured_int8_graph(tiny_model, graphs, tmp_path):
+    """backend.onnx in edge.yaml reaches the backend: the service logs the INT8 graph, skips tensorrt (no
+    engine configured) and its spooled bitstream decodes on the ground."""
+    from deploy.localrun import Service, drop_photo, free_port, write_yaml
+    from tests.deploy.harness import make_photos, wait_until
+
+    cfg = write_yaml(tmp_path / "edge.yaml", {
+        "model": tiny_model.path, "inbox": tmp_path / "inbox", "spool": tmp_path / "spool", "processed": None,
+        "backend": {"onnx": graphs["int8"], "providers": "cpu"}, "poll_interval_s": 0.05,
+        "mqtt": {"port": free_port(), "connect_wait_s": 0}})   # no broker: the photo stays spooled
+    (tmp_path / "inbox").mkdir()
+    edge = Service("edge", cfg, tmp_path / "edge.log").start()
+    try:
+        assert edge.wait_log("edge ready", 90), edge.log()
+        drop_photo(make_photos(tmp_path / "src", 1)[0], tmp_path / "inbox")
+        assert wait_until(lambda: "spooled " in edge.log(), 60), edge.log()
+    finally:
+        assert edge.stop() == 0
+    assert "encoder backend tensorrt skipped: no engine given" in edge.log()
+    assert f"encoder backend: onnxruntime (CPUExecutionProvider, INT8 Q/DQ, {graphs['int8']})" in edge.log()
+    [bitstream] = (tmp_path / "spool").glob("*.nlic")
+    assert api.decompress(tiny_model, bitstream.read_bytes()).pixels.shape == (48, 64, 3)
+
+
 def test_fallback_reaches_torch(tiny_model, tmp_path):
     backend = select_backend(tiny_model, onnx=tmp_path / "missing.onnx")
     assert backend.name == "torch"

@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
     ("drone: ../escape\n", "drone (line 1): Value error, must be 1-64 letters"),
     ("drone: [unclosed\n", "not valid YAML"),
     ("- just\n- a list\n", "the top level must be a mapping"),
+    ("backend:\n  engine: /nonexistent/engines\n", "backend.engine (line 2): Value error, /nonexistent/engines does not exist"),
+    ("backend:\n  providers: gpu\n", "backend.providers (line 2): Input should be 'auto', 'cuda' or 'cpu'"),
 ])
 def test_bad_configs_give_one_line_naming_the_key(tmp_path, text, expected):
     path = tmp_path / "edge.yaml"

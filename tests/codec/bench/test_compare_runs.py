@@ -1,0 +1,35 @@
+"""bench-runs: coded validation figures of real (tiny) training runs, BD-rate against the first run."""
+import re
+
+import pytest
+
+from codec.bench.compare_runs import read_run, table
+from codec.errors import CodecError
+from codec.train import TrainConfig, train
+from tests.codec.test_train import config, folders  # noqa: F401  (fixture)
+
+
+def test_two_runs_compare_and_mismatches_are_refused(tmp_path, folders):  # noqa: F811
+    short = config(tmp_path, folders, run_dir=str(tmp_path / "short"), steps=2)
+    longer = config(tmp_path, folders, run_dir=str(tmp_path / "longer"), steps=8)
+    train(TrainConfig(**short))
+    train(TrainConfig(**longer))
+    runs = [read_run(tmp_path / "short"), read_run(tmp_path / "longer")]
+    assert runs[0]["step"] == 2 and runs[1]["step"] == 8 and sorted(runs[1]["points"]) == [64.0, 4096.0]
+    text = table(runs)
+    lines = text.splitlines()
+    assert lines[0].startswith("| run | step | λ64 bpp/dB | λ4096 bpp/dB | BD-rate vs short")
+    # A run against itself is 0 %; the other run's figure is a number or an explicit no-overlap.
+    assert "| short | 2 |" in lines[2] and "+0.00%" in lines[2]
+    assert re.search(r"\| longer \| 8 \| .* \| ([+-]\d+\.\d\d%|n/a \(no overlap\)) \|", lines[3]), lines[3]
+
+    other = config(tmp_path, folders, run_dir=str(tmp_path / "other"), steps=2, val_lambdas=[64, 256])
+    train(TrainConfig(**other))
+    with pytest.raises(CodecError, match="validated at other λs"):
+        table([runs[0], read_run(tmp_path / "other")])
+    uncoded = config(tmp_path, folders, run_dir=str(tmp_path / "uncoded"), steps=2, val_coded=False)
+    train(TrainConfig(**uncoded))
+    with pytest.raises(CodecError, match="no entropy-coded validation"):
+        read_run(tmp_path / "uncoded")
+    with pytest.raises(CodecError, match="no such model file"):
+        read_run(tmp_path / "absent")

@@ -76,6 +76,13 @@ def test_refinement_lowers_the_objective_of_the_default_model(default_model):
     assert result.kept_refined and result.after.loss < result.before.loss
 
 
+def test_one_tile_through_the_tiled_path_equals_whole_photo_refinement(tiny_model):
+    photo = Photo(synthetic_image(64, 96, seed=6))
+    whole = refine_photo(tiny_model, photo, 200, RefineConfig(steps=8, lr=0.05))
+    tiled = refine_photo(tiny_model, photo, 200, RefineConfig(steps=8, lr=0.05), whole_photo_pixels=0)
+    assert tiled.data == whole.data and tiled.after == whole.after
+
+
 def test_large_photos_go_tile_by_tile_and_still_gain(tiny_model, default_model):
     photo = Photo(synthetic_image(96, 1100, seed=5))     # two coding tiles side by side
     calls = []

@@ -55,6 +55,12 @@ def test_trains_checkpoints_and_resumes(tmp_path, folders):
     assert "resumed from" in (run / "train.log").read_text()
 
 
+def test_compiled_training_runs_and_checkpoints(tmp_path, folders):
+    train(TrainConfig(**config(tmp_path, folders, steps=2, compile=True, channels_last=True, val_coded=False)))
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert state["step"] == 2 and not any(k.startswith("_orig_mod") for k in state["model"])
+
+
 def test_validation_codes_real_bytes_and_a_time_budget_stops_the_run(tmp_path, folders):
     train(TrainConfig(**config(tmp_path, folders, steps=100_000, val_every=1000, time_budget_s=3.0)))
     run = tmp_path / "run"

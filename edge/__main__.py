@@ -3,8 +3,6 @@
 """
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
 
@@ -20,33 +18,21 @@ def _encode(argv) -> int:
     return encode_main(argv)
 
 
+def start(cfg) -> int:
+    from .service import EdgeService, install_signal_handlers
+    service = EdgeService(cfg)
+    install_signal_handlers(service)
+    return service.run()
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "encode":
         return _encode(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m edge", description="drone edge service")
-    parser.add_argument("--config", required=True, help="edge.yaml")
-    parser.add_argument("--validate-config", action="store_true", help="check the config and exit")
-    args = parser.parse_args(argv)
-
-    from codec.service.process import LOG_FORMAT, load_config_or_report
-    from .config import load
-    cfg = load_config_or_report(args.config, load)
-    if cfg is None:
-        return 2
-    if args.validate_config:
-        print(f"{args.config}: ok")
-        return 0
-    logging.basicConfig(level=cfg.log_level, format=LOG_FORMAT)
     from codec.errors import CodecError
-    from .service import EdgeService, install_signal_handlers
-    try:
-        service = EdgeService(cfg)
-    except (CodecError, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    install_signal_handlers(service)
-    return service.run()
+    from codec.service.process import run_daemon
+    from .config import load
+    return run_daemon(argv, "python -m edge", "drone edge service", load, start, (CodecError, RuntimeError, OSError))
 
 
 if __name__ == "__main__":

@@ -8,61 +8,37 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import threading
 
-import paho.mqtt.client as mqtt
-
-from codec.service.mqtt import make_client, start_persistent
+from codec.service.mqtt import LinkBase
 
 from . import wire
 
 log = logging.getLogger("edge.mqtt")
 
 
-class Link:
+class Link(LinkBase):
+    DISCONNECT_NOTE = "will reconnect and resend unacked photos"
+
     def __init__(self, cfg, ack_topic: str):
-        self.cfg, self.ack_topic = cfg, ack_topic
+        self.ack_topic = ack_topic
         self.acks: queue.Queue = queue.Queue()
-        self.connected = threading.Event()
         self.generation = 0           # bumps on every (re)connect: everything unacked is due again
         self.max_packet = cfg.max_packet_bytes
-        self.refused: str | None = None
-        self.client = self._make_client()
-
-    def _make_client(self) -> mqtt.Client:
-        c = make_client(self.cfg)
-        c.max_inflight_messages_set(20)
-        c.on_connect, c.on_disconnect, c.on_message = self._on_connect, self._on_disconnect, self._on_message
-        return c
-
-    def start(self):
-        start_persistent(self.client, self.cfg)
-
-    def stop(self):
-        self.connected.clear()   # a deliberate disconnect is not worth a warning
-        self.client.disconnect()
-        self.client.loop_stop()
+        super().__init__(cfg, log)
+        self.client.max_inflight_messages_set(20)
 
     def _on_connect(self, client, userdata, flags, reason, properties):
-        if reason.is_failure:
-            self.refused = str(reason)
-            log.error("broker refused the connection: %s", reason)
+        if not self._accepted(reason):
             return
         advertised = getattr(properties, "MaximumPacketSize", None) if properties else None
         # The broker's limit wins; our own cap applies when it advertises none (or a larger one).
         self.max_packet = min(advertised or self.cfg.max_packet_bytes, self.cfg.max_packet_bytes)
         client.subscribe(self.ack_topic, qos=1)
-        self.refused = None
         self.generation += 1
         log.info("connected to %s:%d (session present: %s, packet limit %d bytes%s)", self.cfg.host,
                  self.cfg.port, flags.session_present, self.max_packet,
                  ", from CONNACK" if advertised else ", configured cap")
         self.connected.set()
-
-    def _on_disconnect(self, client, userdata, flags, reason, properties):
-        if self.connected.is_set():
-            log.warning("disconnected from the broker: %s; will reconnect and resend unacked photos", reason)
-        self.connected.clear()
 
     def _on_message(self, client, userdata, msg):
         try:

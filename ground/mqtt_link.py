@@ -8,53 +8,26 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
 
-import paho.mqtt.client as mqtt
-
-from codec.service.mqtt import make_client, start_persistent
+from codec.service.mqtt import LinkBase
 
 from . import wire
 
 log = logging.getLogger("ground.mqtt")
 
 
-class Link:
+class Link(LinkBase):
     def __init__(self, cfg, root: str, on_chunk):
-        self.cfg, self.root, self.on_chunk = cfg, root, on_chunk
-        self.connected = threading.Event()
-        self.refused: str | None = None
-        self.client = self._make_client()
-
-    def _make_client(self) -> mqtt.Client:
-        c = make_client(self.cfg)
-        c.on_connect, c.on_disconnect, c.on_message = self._on_connect, self._on_disconnect, self._on_message
-        return c
-
-    def start(self):
-        start_persistent(self.client, self.cfg)
-
-    def stop(self):
-        self.connected.clear()   # a deliberate disconnect is not worth a warning
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.root, self.on_chunk = root, on_chunk
+        super().__init__(cfg, log)
 
     def _on_connect(self, client, userdata, flags, reason, properties):
-        if reason.is_failure:
-            self.refused = str(reason)
-            log.error("broker refused the connection: %s", reason)
+        if not self._accepted(reason):
             return
-        self.refused = None
         client.subscribe(wire.chunk_filter(self.root, self.cfg.share_group), qos=1)
         log.info("connected to %s:%d (session present: %s), subscribed as group %s", self.cfg.host,
                  self.cfg.port, flags.session_present, self.cfg.share_group)
         self.connected.set()
-
-    def _on_disconnect(self, client, userdata, flags, reason, properties):
-        if self.connected.is_set():
-            log.warning("disconnected from the broker: %s; reconnecting", reason)
-        self.connected.clear()
 
     def _on_message(self, client, userdata, msg):
         user = getattr(msg.properties, "UserProperty", None) if msg.properties else None

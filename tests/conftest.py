@@ -18,6 +18,17 @@ def need_data(path: Path) -> Path:
     return path
 
 
+def config_error(load, path: Path, text: str) -> str:
+    """Write a config, load it, and return the error, which must be one line naming the file."""
+    from codec.service.config_file import ConfigError
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
 def synthetic_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     """A photo-like test image: smooth shading, a hard edge, fine texture and noise."""
     rng = np.random.default_rng(seed)

@@ -79,3 +79,50 @@ def start_persistent(client, cfg: BrokerSettings):
     props.SessionExpiryInterval = cfg.session_expiry_s
     client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, clean_start=False, properties=props)
     client.loop_start()
+
+
+class LinkBase:
+    """What the edge and ground links share: a paho client with our callbacks, a persistent start, a quiet
+    deliberate stop, and connection state for the main loop. Subclasses implement _on_connect (calling
+    _accepted first) and _on_message, and set DISCONNECT_NOTE (what the warning on a lost connection adds)."""
+    DISCONNECT_NOTE = "reconnecting"
+
+    def __init__(self, cfg, log):
+        import threading
+        self.cfg, self.log = cfg, log
+        self.connected = threading.Event()
+        self.refused: str | None = None
+        self.client = self._make_client()
+
+    def _make_client(self):
+        c = make_client(self.cfg)
+        c.on_connect, c.on_disconnect, c.on_message = self._on_connect, self._on_disconnect, self._on_message
+        return c
+
+    def start(self):
+        start_persistent(self.client, self.cfg)
+
+    def stop(self):
+        self.connected.clear()   # a deliberate disconnect is not worth a warning
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _accepted(self, reason) -> bool:
+        """False (and the refusal recorded and logged) when the broker refused the connection."""
+        if reason.is_failure:
+            self.refused = str(reason)
+            self.log.error("broker refused the connection: %s", reason)
+            return False
+        self.refused = None
+        return True
+
+    def _on_disconnect(self, client, userdata, flags, reason, properties):
+        if self.connected.is_set():
+            self.log.warning("disconnected from the broker: %s; %s", reason, self.DISCONNECT_NOTE)
+        self.connected.clear()
+
+    def _on_connect(self, client, userdata, flags, reason, properties):
+        raise NotImplementedError
+
+    def _on_message(self, client, userdata, msg):
+        raise NotImplementedError

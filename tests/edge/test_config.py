@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge.config import ConfigError, EdgeConfig, load
+from tests.conftest import config_error
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,12 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
     ("backend:\n  providers: gpu\n", "backend.providers (line 2): Input should be 'auto', 'cuda' or 'cpu'"),
 ])
 def test_bad_configs_give_one_line_naming_the_key(tmp_path, text, expected):
-    path = tmp_path / "edge.yaml"
-    path.write_text(text)
-    with pytest.raises(ConfigError) as err:
-        load(path)
-    message = str(err.value)
-    assert expected in message and "\n" not in message and str(path) in message
+    assert expected in config_error(load, tmp_path / "edge.yaml", text)
 
 
 def test_missing_file_is_one_line(tmp_path):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ground.config import ConfigError, GroundConfig, load
+from ground.config import GroundConfig, load
+from tests.conftest import config_error
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,11 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
     ("topic_root: 'a/b'\n", "topic_root (line 1): Value error"),
 ])
 def test_bad_configs_give_one_line_naming_the_key(tmp_path, text, expected):
-    path = tmp_path / "ground.yaml"
-    path.write_text(text)
-    with pytest.raises(ConfigError) as err:
-        load(path)
-    assert expected in str(err.value) and "\n" not in str(err.value)
+    assert expected in config_error(load, tmp_path / "ground.yaml", text)
 
 
 def test_defaults_work_on_loopback(tmp_path):

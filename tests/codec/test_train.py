@@ -61,6 +61,15 @@ def test_compiled_training_runs_and_checkpoints(tmp_path, folders):
     assert state["step"] == 2 and not any(k.startswith("_orig_mod") for k in state["model"])
 
 
+def test_compile_without_a_cxx_compiler_trains_eagerly_and_says_so(monkeypatch, caplog):
+    import shutil
+    from codec.train import compiled
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    model = torch.nn.Linear(2, 2)
+    assert compiled(model) is model
+    assert "needs a C++ compiler" in caplog.text
+
+
 def test_validation_codes_real_bytes_and_a_time_budget_stops_the_run(tmp_path, folders):
     train(TrainConfig(**config(tmp_path, folders, steps=100_000, val_every=1000, time_budget_s=3.0)))
     run = tmp_path / "run"

@@ -60,6 +60,7 @@ class TrainConfig:
     time_budget_s: float = 0.0     # stop after this many CPU seconds of this invocation (0: no limit);
                                    # CPU time, so runs compared "at equal CPU budget" are, whatever else ran
     val_coded: bool = True         # validation also entropy-codes with integer priors (real bytes)
+    lift_stuck_gdn: bool = True    # lift GDN weights stuck at exactly 0 (models before the pedestal)
     bound: bool = False            # train the relaxed "bound" model (a BG-VAE teacher)
     teacher: str = ""              # a bound model (.npz or .pt) to distil from
     distill_align: float = 0.5     # weight of affinity-matrix feature alignment
@@ -249,6 +250,8 @@ def export_float_model(model, path: Path, info: dict):
 def restore(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
     """Returns (step, best score). Prefers the run's checkpoint, then cfg.init_from, else fresh."""
     step, best = _load_state(cfg, run_dir, model, opt, sampler)
+    if not cfg.lift_stuck_gdn:
+        return step, best
     lifted = sum(m.lift_stuck_zeros() for m in model.modules() if isinstance(m, SimplifiedGDN))
     if lifted:
         log.info("lifted %d GDN weights stuck at exactly 0 (zero gradient) to a small pedestal", lifted)
@@ -387,5 +390,7 @@ def main(args):
         cfg.run_dir = args.run_dir
     if args.time_budget is not None:
         cfg.time_budget_s = args.time_budget
+    if args.threads is not None:
+        cfg.threads = args.threads
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     train(cfg)

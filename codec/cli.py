@@ -173,7 +173,6 @@ def cmd_info(args):
 
 
 def cmd_refine(args):
-    import torch
     from tqdm import tqdm
     from . import api
     from .imageio import read_photo

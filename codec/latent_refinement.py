@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import CodecError
 from .model import LOG2, ste_round
 
 METHODS = ("ssl", "linear", "cosine", "atanh", "ste", "noise")

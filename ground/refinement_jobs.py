@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from codec import api
 from codec.data import list_images
 from codec.errors import CodecError
 from codec.imageio import Photo, read_photo

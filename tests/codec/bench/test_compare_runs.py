@@ -6,7 +6,7 @@ import pytest
 from codec.bench.compare_runs import read_run, table
 from codec.errors import CodecError
 from codec.train import TrainConfig, train
-from tests.codec.test_train import config, folders  # noqa: F401  (fixture)
+from tests.codec.test_train import config, folders  # noqa: F401  (folders is a fixture)
 
 
 def test_two_runs_compare_and_mismatches_are_refused(tmp_path, folders):  # noqa: F811

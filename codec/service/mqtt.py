@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import ssl
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -88,7 +89,6 @@ class LinkBase:
     DISCONNECT_NOTE = "reconnecting"
 
     def __init__(self, cfg, log):
-        import threading
         self.cfg, self.log = cfg, log
         self.connected = threading.Event()
         self.refused: str | None = None

@@ -205,6 +205,7 @@ class Validator:
         from .export_model import build_model_arrays, calibration_images
         from .imageio import Photo
         from .lambdas import index_of_lambda
+        from .photo_refinement import measure
         from .runtime import CodecModel
 
         net = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()
@@ -216,10 +217,9 @@ class Validator:
             bpps, psnrs = [], []
             for x in self.images:
                 rgb = (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-                data = api.compress(codec, Photo(rgb), index_of_lambda(lam)).data
-                out = api.decompress(codec, data).pixels
-                bpps.append(8 * len(data) / (rgb.shape[0] * rgb.shape[1]))
-                psnrs.append(psnr(float(np.mean((out.astype(np.float64) - rgb) ** 2)) / 255 ** 2))
+                point = measure(codec, api.compress(codec, Photo(rgb), index_of_lambda(lam)).data, rgb, lam)
+                bpps.append(point.bpp)
+                psnrs.append(point.psnr)
             result[lam] = (float(np.mean(bpps)), float(np.mean(psnrs)))
         torch.set_num_threads(threads)   # api calls set their own thread count
         return result
@@ -302,7 +302,8 @@ def train(cfg: TrainConfig):
     t_start, wall_before = time.time(), _wall_so_far(run_dir)
     window = []
     cpu_start = time.process_time()
-    while step < cfg.steps and not _out_of_time(cfg, cpu_start):
+    last = step >= cfg.steps
+    while not last:
         t0 = time.time()
         x = torch.from_numpy(sampler.batch(cfg.batch))
         if cfg.channels_last:
@@ -331,13 +332,13 @@ def train(cfg: TrainConfig):
                      extra)
             window.clear()
         wall = wall_before + time.time() - t_start
-        last = step == cfg.steps or _out_of_time(cfg, cpu_start)
-        if step % cfg.checkpoint_every == 0 or last:
+        last = step >= cfg.steps or _out_of_time(cfg, cpu_start)   # decided once: a last step always validates
+        validating = step % cfg.val_every == 0 or last
+        if validating:   # first, so the one checkpoint below records the new best score
+            best = validate(cfg, validator, model, run_dir, step, wall, best)
+        if step % cfg.checkpoint_every == 0 or validating:
             save_checkpoint(run_dir / "last.pt", model, opt, step, sampler, best)
             _write_wall(run_dir, wall)
-        if step % cfg.val_every == 0 or last:
-            best = validate(cfg, validator, model, run_dir, step, wall, best)
-            save_checkpoint(run_dir / "last.pt", model, opt, step, sampler, best)
     log.info("finished at step %d", step)
 
 

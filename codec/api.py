@@ -64,8 +64,7 @@ def encode_latents(model: CodecModel, ys, geometry: TileGeometry, threads: int =
     """
     def one(regions):
         tile_ys = [y[:, rs, cs] for y, (rs, cs) in zip(ys, regions)]
-        payload, values, tables, zq = latent_coding.encode(tile_ys, model.priors, model.cfg.mean_grid,
-                                                           model.tables)
+        payload, values, tables, zq = latent_coding.encode(tile_ys, model)
         bits = rans.ideal_bits(values, tables, model.tables["cdfs"], model.tables["lengths"],
                                model.tables["offsets"])
         return payload, bits, values.size, zq if keep_latents else None
@@ -132,7 +131,7 @@ def decode_latents(model: CodecModel, c: container.Container, threads: int = 1):
         index, regions = args
         shapes = [(C, rs.stop - rs.start, cs.stop - cs.start) for rs, cs in regions]
         try:
-            return latent_coding.decode(c.tiles[index], shapes, model.priors, model.cfg.mean_grid, model.tables)
+            return latent_coding.decode(c.tiles[index], shapes, model)
         except BitstreamError as e:
             raise BitstreamError(f"tile {index}: {e}") from None
 

@@ -1,7 +1,8 @@
 """Integer CDF tables for the rANS coder, built once when a model is exported and stored in it.
 
 Table t < num_scales is a zero-mean Gaussian (convolved with a unit box) of scale scale_table[t]; the
-last table is the fixed standard logistic prior of the top level. Each table covers a finite support
+last table is the fixed standard logistic prior that models before the learned top prior use for zL.
+Each table covers a finite support
 plus one escape symbol. Decoders never rebuild these from floats: they read the stored integers.
 """
 from __future__ import annotations

@@ -19,7 +19,7 @@ from .errors import CodecError
 from .imageio import read_rgb
 from .integer_prior import convert
 from .model import NestedLatentCodec, scale_table
-from .runtime import CodecModel, prior_prefix
+from .runtime import TOP_INDEX_KEY, CodecModel, prior_prefix
 from .train import PROJECT_ROOT, load_float
 
 log = logging.getLogger("codec.export")
@@ -59,6 +59,9 @@ def prior_inputs(net: NestedLatentCodec, images) -> list:
 
 def build_model_arrays(net: NestedLatentCodec, images) -> dict:
     cfg = net.cfg
+    if net.top_prior is not None:   # the coder sees the rounded index: so does the float model
+        index = net.top_prior.index().detach().round().clamp(0, cfg.num_scales - 1)
+        net.top_prior.set_index(index)
     arrays = weights.float_arrays(net.state_dict())
     # The float weights are stored as float16: calibrate what the decoder will actually load.
     net.load_state_dict(weights.float_state_dict(arrays))
@@ -66,6 +69,8 @@ def build_model_arrays(net: NestedLatentCodec, images) -> dict:
         prior = convert(net.priors[level], inputs, cfg.mean_grid, cfg.num_scales)
         prior.check_bounds()
         arrays.update(prior.arrays(prior_prefix(level)))
+    if net.top_prior is not None:
+        arrays[TOP_INDEX_KEY] = index.numpy().astype(np.int32)
     for key, value in build_tables(scale_table(cfg)).items():
         arrays["tables/" + key] = value
     return arrays
@@ -84,7 +89,7 @@ def exactness_cost(model: CodecModel, images, lambdas=(64.0, 1024.0, 8192.0)) ->
             out = net(x, torch.tensor([lam]), noisy=False)
             float_bits += float(sum(b.sum() for b in out["bits"]))
             ys = [y[0].numpy() for y in out["ys"]]
-            values, tables, _ = quantise(ys, model.priors, model.cfg.mean_grid, model.tables["lengths"].size - 1)
+            values, tables, _ = quantise(ys, model)
             int_bits += rans.ideal_bits(values, tables, model.tables["cdfs"], model.tables["lengths"],
                                         model.tables["offsets"])
     return {"float_bits": round(float_bits), "integer_bits": round(int_bits),

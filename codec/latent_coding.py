@@ -1,8 +1,9 @@
 """From continuous analysis outputs to entropy-coded symbols and back, top-down through the levels.
 
-Encoder and decoder run the same integer code: zL is rounded and coded with the fixed logistic table;
-each lower level is coded as residual r = round(y - mean) with the Gaussian table chosen by the integer
+Encoder and decoder run the same integer code: zL is rounded and coded with the model's table for each
+channel (a learned Gaussian scale, or the fixed logistic of older models); each lower level is coded as residual r = round(y - mean) with the Gaussian table chosen by the integer
 prior from the decoded level above. Decoded latents are kept as integers zq = z * mean_grid, exact.
+`model` is a runtime.CodecModel: its priors, mean grid, CDF tables and zL tables.
 """
 from __future__ import annotations
 
@@ -18,20 +19,20 @@ def _round(y: np.ndarray) -> np.ndarray:
     return np.clip(np.floor(y.astype(np.float64) + 0.5), -VALUE_LIMIT, VALUE_LIMIT).astype(np.int64)
 
 
-def quantise(ys, priors, mean_grid: int, top_table: int):
+def quantise(ys, model):
     """ys: list of (C,h,w) float arrays, level 1 first. Returns (values, tables, zq per level).
 
     values and tables are in decoding order: level L first, then L-1, ..., 1.
     """
-    levels = len(ys)
+    levels, mean_grid = len(ys), model.cfg.mean_grid
     zq = [None] * levels
     top = _round(ys[-1])
     zq[-1] = top * mean_grid
     values = [top.ravel()]
-    tables = [np.full(top.size, top_table, np.int32)]
+    tables = [model.top_tables(top.shape)]
     for level in range(levels - 2, -1, -1):
         y = ys[level]
-        index, mean_q = priors[level](zq[level + 1], y.shape[-2:])
+        index, mean_q = model.priors[level](zq[level + 1], y.shape[-2:])
         residual = _round(y - mean_q / mean_grid)
         zq[level] = residual * mean_grid + mean_q
         values.append(residual.ravel())
@@ -39,30 +40,31 @@ def quantise(ys, priors, mean_grid: int, top_table: int):
     return np.concatenate(values).astype(np.int32), np.concatenate(tables).astype(np.int32), zq
 
 
-def encode(ys, priors, mean_grid: int, tables: dict):
-    values, table_idx, zq = quantise(ys, priors, mean_grid, top_table=tables["lengths"].size - 1)
-    words = rans.encode(values, table_idx, tables["cdfs"], tables["lengths"], tables["offsets"])
+def encode(ys, model):
+    values, table_idx, zq = quantise(ys, model)
+    t = model.tables
+    words = rans.encode(values, table_idx, t["cdfs"], t["lengths"], t["offsets"])
     return words.astype("<u4").tobytes(), values, table_idx, zq
 
 
-def decode(payload: bytes, shapes, priors, mean_grid: int, tables: dict):
+def decode(payload: bytes, shapes, model):
     """shapes: (C,h,w) per level, level 1 first. Returns zq per level (int64)."""
     if len(payload) % 4:
         raise BitstreamError("entropy-coded tile length is not a multiple of 4 bytes")
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-    args = (tables["cdfs"], tables["lengths"], tables["offsets"])
+    args = tuple(model.tables[k] for k in ("cdfs", "lengths", "offsets"))
     x, pos, status = rans.start_decoder(words)
     _check(status)
     state = [x, pos]
-    levels = len(shapes)
+    levels, mean_grid = len(shapes), model.cfg.mean_grid
     zq = [None] * levels
     top_shape = shapes[-1]
     out = np.empty(int(np.prod(top_shape)), np.int32)
-    _decode_into(words, state, np.full(out.size, tables["lengths"].size - 1, np.int32), args, out)
+    _decode_into(words, state, model.top_tables(top_shape), args, out)
     zq[-1] = out.reshape(top_shape).astype(np.int64) * mean_grid
     for level in range(levels - 2, -1, -1):
         shape = shapes[level]
-        index, mean_q = priors[level](zq[level + 1], shape[-2:])
+        index, mean_q = model.priors[level](zq[level + 1], shape[-2:])
         out = np.empty(index.size, np.int32)
         _decode_into(words, state, index.ravel(), args, out)
         zq[level] = out.reshape(shape).astype(np.int64) * mean_grid + mean_q

@@ -16,6 +16,7 @@ from .integer_prior import IntegerPrior
 from .model import ModelConfig
 
 TABLE_KEYS = ("cdfs", "lengths", "offsets")
+TOP_INDEX_KEY = "top/index"
 
 
 def prior_prefix(level: int) -> str:
@@ -27,11 +28,12 @@ class CodecModel:
         self.path = path
         self.meta = meta
         try:
-            self.cfg = ModelConfig(**meta["config"])
+            self.cfg = ModelConfig.from_dict(meta["config"])
             self.tables = {k: arrays["tables/" + k] for k in TABLE_KEYS}
             check_tables(**self.tables)
             self.priors = [IntegerPrior.from_arrays(arrays, prior_prefix(l), self.cfg.num_scales)
                            for l in range(self.cfg.levels - 1)]
+            self.top_index = self._top_index(arrays)
         except (KeyError, TypeError, ValueError) as e:
             raise CodecError(f"{path}: not a complete codec model ({e}); "
                              "export one with `python -m codec export-model`") from None
@@ -39,6 +41,21 @@ class CodecModel:
             raise CodecError(f"{path}: CDF tables do not match the scale table")
         self.model_id = weights.model_id_of(arrays)
         self._arrays = arrays
+
+    def _top_index(self, arrays):
+        """Table of each zL channel: learned Gaussian scales, or the logistic table (the last)."""
+        logistic = self.cfg.num_scales
+        if self.cfg.top_prior == "logistic":
+            return np.full(self.cfg.latent_channels, logistic, np.int32)
+        index = np.asarray(arrays[TOP_INDEX_KEY])
+        if index.shape != (self.cfg.latent_channels,) or index.min() < 0 or index.max() >= logistic:
+            raise ValueError(f"{TOP_INDEX_KEY} must hold {self.cfg.latent_channels} indices below {logistic}")
+        return index.astype(np.int32)
+
+    def top_tables(self, shape) -> np.ndarray:
+        """Table index of every element of a (C,h,w) zL, in C order."""
+        c, h, w = shape
+        return np.repeat(self.top_index, h * w)
 
     @classmethod
     def load(cls, path=None) -> "CodecModel":
@@ -59,6 +76,8 @@ class CodecModel:
 
         net = NestedLatentCodec(self.cfg)
         net.load_state_dict(weights.float_state_dict(self._arrays))
+        if net.top_prior is not None:   # the exact indices, not their float16 copy
+            net.top_prior.set_index(self.top_index)
         net.eval()
         for p in net.parameters():
             p.requires_grad_(False)

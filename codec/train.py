@@ -148,11 +148,11 @@ def load_float(path) -> tuple[NestedLatentCodec, dict]:
     path = Path(path)
     if path.suffix == ".pt":
         state = torch.load(path, weights_only=False)
-        net = NestedLatentCodec(ModelConfig(**state["model_config"]))
+        net = NestedLatentCodec(ModelConfig.from_dict(state["model_config"]))
         net.load_state_dict(state["model"])
         return net, {"step": state["step"]}
     arrays, meta = weights.load_arrays(path)
-    net = NestedLatentCodec(ModelConfig(**meta["config"]))
+    net = NestedLatentCodec(ModelConfig.from_dict(meta["config"]))
     net.load_state_dict(weights.float_state_dict(arrays))
     return net, meta.get("train", {})
 
@@ -258,19 +258,42 @@ def restore(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
     return step, best
 
 
+ADDED_PARAMETERS = ("top_prior.index_param",)   # newer than some checkpoints: they start at their init
+
+
+def load_weights(model, state: dict) -> list:
+    """Weights saved by this model or by an older version of it; returns the parameters the file lacked."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    misfits = [k for k in missing if k not in ADDED_PARAMETERS] + list(unexpected)
+    if misfits:
+        raise CodecError(f"the weights do not fit the configured model: {', '.join(misfits[:4])}")
+    if missing:
+        log.info("the weights predate %s: starting it from its initial value", ", ".join(missing))
+    return missing
+
+
+def load_optimiser(opt, state: dict, upgraded: bool):
+    """Added parameters are registered last, so an older state lines up with the first ones; they start
+    with fresh Adam moments."""
+    if upgraded:
+        ours = opt.state_dict()["param_groups"]
+        state = {**state, "param_groups": [{**g, "params": o["params"]}
+                                           for g, o in zip(state["param_groups"], ours)]}
+    opt.load_state_dict(state)
+
+
 def _load_state(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
     ckpt = run_dir / "last.pt"
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
+        load_optimiser(opt, state["opt"], bool(load_weights(model, state["model"])))
         torch.set_rng_state(state["torch_rng"])
         sampler.rng.bit_generator.state = state["sampler_rng"]
         log.info("resumed from %s at step %d", ckpt, state["step"])
         return state["step"], state["best"]
     if cfg.init_from:
         arrays, meta = weights.load_arrays(resolve(cfg.init_from))
-        model.load_state_dict(weights.float_state_dict(arrays))
+        load_weights(model, weights.float_state_dict(arrays))
         step = int(meta.get("train", {}).get("step", 0))
         log.info("started from model file %s (trained %d steps)", cfg.init_from, step)
         return step, float("inf")

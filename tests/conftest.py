@@ -47,7 +47,7 @@ def default_model():
     return CodecModel.load()
 
 
-def build_tiny_model(path, levels: int = 3):
+def build_tiny_model(path, levels: int = 3, top_prior: str = "gaussian"):
     """A small, untrained (random) model exported with the real export code: fast enough for fuzzing."""
     from codec import weights
     from codec.export_model import build_model_arrays
@@ -55,7 +55,8 @@ def build_tiny_model(path, levels: int = 3):
     from codec.runtime import CodecModel
 
     torch.manual_seed(0)
-    net = NestedLatentCodec(ModelConfig(levels=levels, channels=16, latent_channels=8, prior_channels=8))
+    net = NestedLatentCodec(ModelConfig(levels=levels, channels=16, latent_channels=8, prior_channels=8,
+                                        top_prior=top_prior))
     net.eval()
     images = [torch.from_numpy(synthetic_image(64, 96, s).transpose(2, 0, 1).copy()).float().div(255)[None]
               for s in range(3)]

@@ -24,7 +24,7 @@ def photo_symbols(model: CodecModel, paths, lambdas=(64, 1024, 8192)):
         for lam in lambdas:
             t = TorchTransforms(model.torch_model, lambda_of_index(index_of_lambda(lam)))
             ys = analyse(t.image, t.latent, pixels, g)
-            v, tb, _ = quantise(ys, model.priors, model.cfg.mean_grid, model.tables["lengths"].size - 1)
+            v, tb, _ = quantise(ys, model)
             values.append(v)
             tables.append(tb)
     return np.concatenate(values), np.concatenate(tables)

@@ -107,3 +107,37 @@ def test_every_supported_level_count_round_trips(tmp_path, levels):
     for a, b in zip(enc.latents, zq):
         np.testing.assert_array_equal(a, b)
     assert api.decompress(model, enc.data).pixels.shape == (70, 150, 3)
+
+
+def test_models_from_before_the_learned_top_prior_still_round_trip(tmp_path):
+    """Their files have no top_prior key: zL is coded with the fixed logistic table."""
+    import json
+    from codec import weights
+    from codec.runtime import CodecModel
+    from tests.conftest import build_tiny_model
+
+    path = tmp_path / "old.npz"
+    build_tiny_model(path, top_prior="logistic")
+    arrays, meta = weights.load_arrays(path)
+    del meta["config"]["top_prior"]
+    weights.save_arrays(path, arrays, meta)
+    model = CodecModel.load(path)
+    assert model.cfg.top_prior == "logistic" and set(model.top_index) == {model.cfg.num_scales}
+    photo = Photo(synthetic_image(90, 130, seed=5))
+    enc = api.compress(model, photo, 70, keep_latents=True)
+    zq, _ = api.decode_latents(model, api.read_container(model, enc.data))
+    for a, b in zip(enc.latents, zq):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_top_index_outside_the_table_is_refused(tmp_path, tiny_model):
+    from codec import weights
+    from codec.runtime import CodecModel
+
+    arrays, meta = weights.load_arrays(tiny_model.path)
+    assert arrays["top/index"].shape == (8,)
+    arrays["top/index"] = arrays["top/index"].copy()
+    arrays["top/index"][0] = tiny_model.cfg.num_scales
+    weights.save_arrays(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(CodecError, match="not a complete codec model .*top/index must hold 8 indices below 64"):
+        CodecModel.load(tmp_path / "bad.npz")

@@ -139,3 +139,27 @@ def test_shipped_configs_are_valid():
     for path in configs:
         cfg = TrainConfig.from_yaml(path)
         assert cfg.steps > 0 and cfg.sources
+
+
+def test_a_checkpoint_from_before_the_top_prior_resumes_and_learns_it(tmp_path, folders):
+    train(TrainConfig(**config(tmp_path, folders, steps=3, model={**TINY, "top_prior": "logistic"})))
+    old = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert "top_prior.index_param" not in old["model"]
+    train(TrainConfig(**config(tmp_path, folders, steps=6)))
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "the weights predate top_prior.index_param" in log
+    new = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert new["step"] == 6
+    from codec.model import ModelConfig, NestedLatentCodec
+    start = NestedLatentCodec(ModelConfig(**TINY)).top_prior.index_param
+    assert not torch.equal(new["model"]["top_prior.index_param"], start.detach())   # it trained
+    moments = new["opt"]["state"]
+    top = len(moments) - 1   # registered last
+    assert float(moments[0]["step"]) == 6   # the old parameters kept their Adam moments
+    assert float(moments[top]["step"]) == 3 and moments[top]["exp_avg"].shape == start.shape
+
+
+def test_weights_that_do_not_fit_the_configured_model_are_named(tmp_path, folders):
+    train(TrainConfig(**config(tmp_path, folders, steps=3)))
+    with pytest.raises(CodecError, match="the weights do not fit the configured model: top_prior.index_param"):
+        train(TrainConfig(**config(tmp_path, folders, steps=6, model={**TINY, "top_prior": "logistic"})))

@@ -1,0 +1,44 @@
+"""The float model: the learned prior of the top level zL."""
+import math
+
+import pytest
+import torch
+
+from codec.model import ModelConfig, NestedLatentCodec, TopPrior
+
+SMALL = {"levels": 2, "channels": 8, "latent_channels": 4, "prior_channels": 8}
+
+
+def top_bits(net, z):
+    return float(-net.top_likelihood(z).detach().log2().sum())
+
+
+def test_an_unused_top_channel_costs_almost_nothing_once_its_scale_is_learned():
+    zeros = torch.zeros(1, 4, 8, 8)
+    legacy = NestedLatentCodec(ModelConfig(**SMALL, top_prior="logistic"))
+    assert top_bits(legacy, zeros) / zeros.numel() == pytest.approx(-math.log2(1 / (1 + math.exp(-0.5)) * 2 - 1),
+                                                                    rel=1e-4)   # 2.03 bits, whatever it learns
+    net = NestedLatentCodec(ModelConfig(**SMALL))
+    assert top_bits(net, zeros) / zeros.numel() > 1.0   # starts as wide as the logistic
+    net.top_prior.set_index(torch.zeros(4))              # the narrowest scale of the table
+    assert top_bits(net, zeros) / zeros.numel() < 1e-3
+
+
+def test_the_top_scale_learns_even_from_beyond_the_table():
+    """A hard clamp would have zero gradient there and leave the channel stuck (as the GDN zeros were)."""
+    net = NestedLatentCodec(ModelConfig(**SMALL))
+    net.top_prior.set_index(torch.full((4,), -5.0))
+    z = torch.full((1, 4, 8, 8), 1.0)   # a channel in use: the scale should grow
+    (-net.top_likelihood(z).log().sum()).backward()
+    assert torch.all(net.top_prior.index_param.grad < 0)
+    assert torch.all(net.top_prior.index() == 0)   # while the coder's index stays inside the table
+
+
+def test_model_config_names_a_bad_top_prior_and_reads_old_files_as_logistic():
+    with pytest.raises(ValueError, match="top_prior must be one of gaussian, logistic, got 'laplace'"):
+        ModelConfig(top_prior="laplace")
+    old = {k: v for k, v in ModelConfig().to_dict().items() if k != "top_prior"}
+    assert ModelConfig.from_dict(old).top_prior == "logistic"
+    assert ModelConfig.from_dict(ModelConfig().to_dict()).top_prior == "gaussian"
+    assert NestedLatentCodec(ModelConfig.from_dict(old)).top_prior is None
+    assert isinstance(NestedLatentCodec(ModelConfig()).top_prior, TopPrior)

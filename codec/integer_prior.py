@@ -3,20 +3,29 @@ to distribution parameters.
 
 Each trained float PriorNet is converted after training: per-output-channel integer weights, integer
 biases, a per-channel integer multiplier and shift for the rounding division, clipped integer
-activations. Convolutions run in float64 on integer-valued arrays, exact because every partial sum
-stays far below 2**53 (bounded below), so any BLAS and any thread count gives the same integers.
-Outputs: an index into the fixed scale table and a mean on the grid 1/mean_grid.
+activations. Outputs: an index into the fixed scale table and a mean on the grid 1/mean_grid.
 
-Bounds: |weight| <= 2047, 0 <= activation <= 4095, |input| <= 2**15, at most 2048 taps per output:
-|accumulator| < 2**37, and accumulator * multiplier (< 2**20) < 2**57 fits int64.
+Two exact ways to run a convolution, giving the same integers:
+- reference: float64 on integer-valued arrays, exact because every partial sum stays far below 2**53
+  (bounded below), so any BLAS and any thread count gives the same integers;
+- 8-bit: uint8 activations times int8 weights summed in int32 (int8_gemm.py); used when a layer's weights
+  fit 7 bits and its inputs 8 bits, as in models exported since 2026-11-22 (session 3); their rate cost
+  against the older 12-bit layers is +0.01 % of the bits. The first layer's input, the decoded latent
+  (|zq| < 2**15), goes through as two bytes (BytePlaneConv).
+
+Bounds: |weight| <= 2047 (63 now), 0 <= activation <= act_max (4095 in older models, 255 now),
+|input| <= 2**15, at most 2048 taps per output: |accumulator| < 2**37, and accumulator * multiplier (< 2**20)
+< 2**57 fits int64.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-WEIGHT_MAX = 2047
-ACT_MAX = 4095
+from . import int8_gemm
+
+ACT_MAX = 4095     # the hidden activations' ceiling in models from before the 8-bit layers
 INPUT_MAX = 1 << 15
 MEAN_MAX = 1 << 23
 MULT_BITS = 20
@@ -32,57 +41,140 @@ def conv2d_exact(x: np.ndarray, w: np.ndarray, pad: int) -> np.ndarray:
     return (cols @ w.reshape(cout, -1).T).T.reshape(cout, ho, wo)
 
 
+def hwc_matrix(w: np.ndarray) -> np.ndarray:
+    """(Cout,Cin,k,k) -> (Cout, k*k*Cin), taps ordered as conv2d_int8 gathers them."""
+    return w.transpose(0, 2, 3, 1).reshape(len(w), -1)
+
+
+def conv2d_int8(x_hwc: np.ndarray, matmul, k: int) -> np.ndarray:
+    """x (H,W,Cin) uint8, already padded; matmul an int8_gemm.Int8Matmul of hwc_matrix(w). int32 (Cout,Ho,Wo).
+    Channels last, so that gathering the k x k windows copies whole runs of channels."""
+    ho, wo = x_hwc.shape[0] - k + 1, x_hwc.shape[1] - k + 1
+    cols = sliding_window_view(x_hwc, (k, k), axis=(0, 1)).transpose(0, 1, 3, 4, 2).reshape(ho * wo, -1)
+    return matmul(cols).T.reshape(-1, ho, wo)
+
+
 # Sub-pixel form of ConvTranspose2d(k=4, stride=2, padding=1): output phase a (row parity) draws on input
 # rows (m-1, m) with kernel rows (3, 1) for a = 0, and rows (m, m+1) with kernel rows (2, 0) for a = 1;
 # likewise for columns. Four 2x2 convolutions instead of one 4x4 over a zero-inserted grid: 4x fewer MACs.
 _PHASE_TAPS = {0: (3, 1), 1: (2, 0)}
 
 
+def phase_kernel(w: np.ndarray, a: int, b: int) -> np.ndarray:
+    """The (Cout,Cin,2,2) kernel of output phase (a, b), from torch's ConvTranspose2d layout (Cin,Cout,4,4)."""
+    kernel = w[:, :, list(_PHASE_TAPS[a])][:, :, :, list(_PHASE_TAPS[b])].transpose(1, 0, 2, 3)
+    return np.ascontiguousarray(kernel)
+
+
 def conv_transpose2x_exact(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """ConvTranspose2d(k=4, stride=2, padding=1) with torch's weight layout (Cin,Cout,4,4): output 2H x 2W."""
+    """ConvTranspose2d(k=4, stride=2, padding=1) with torch's weight layout (Cin,Cout,4,4): output 2H x 2W,
+    int64, by the float64 reference."""
     cin, h, wd = x.shape
-    xp = np.pad(x, ((0, 0), (1, 1), (1, 1)))
-    out = np.empty((w.shape[1], 2 * h, 2 * wd), dtype=np.float64)
-    for a, rows in _PHASE_TAPS.items():
-        for b, cols in _PHASE_TAPS.items():
-            kernel = w[:, :, list(rows)][:, :, :, list(cols)].transpose(1, 0, 2, 3)
-            window = xp[:, a:a + h + 1, b:b + wd + 1]
-            out[:, a::2, b::2] = conv2d_exact(window, np.ascontiguousarray(kernel), pad=0)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1)))
+    out = np.empty((w.shape[1], 2 * h, 2 * wd), dtype=np.int64)
+    for a in (0, 1):
+        for b in (0, 1):
+            kernel = phase_kernel(w, a, b).astype(np.float64)
+            out[:, a::2, b::2] = conv2d_exact(xp[:, a:a + h + 1, b:b + wd + 1], kernel, 0)
     return out
 
 
-def requantise(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """round(acc * mult / 2**shift) per output channel, in int64 (round half up)."""
-    a = acc.astype(np.int64)
-    m = mult.astype(np.int64)[:, None, None]
-    s = shift.astype(np.int64)[:, None, None]
-    return (a * m + (np.int64(1) << (s - 1))) >> s
+class BytePlaneConv:
+    """The transposed first layer on the 8-bit path. Its input, |zq| < 2**15, is split into two bytes,
+    zq = 256 * (hi - 128) + lo, convolved together as uint8 rows of one product per phase. hi carries +128
+    everywhere (its padding too), so its share is corrected by the exact constant 128 * sum(w)."""
+
+    LIMIT = 1 << 15
+
+    def __init__(self, w: np.ndarray):
+        self._phases = {}
+        for a in (0, 1):
+            for b in (0, 1):
+                k = phase_kernel(w, a, b)
+                self._phases[a, b] = (int8_gemm.Int8Matmul(hwc_matrix(k)),
+                                      128 * k.astype(np.int64).reshape(len(k), -1).sum(axis=1)[:, None, None])
+        self.cout = w.shape[1]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        cin, h, wd = x.shape
+        hw = x.transpose(1, 2, 0)
+        planes = np.concatenate([np.pad((hw >> 8) + 128, ((1, 1), (1, 1), (0, 0)), constant_values=128),
+                                 np.pad(hw & 255, ((1, 1), (1, 1), (0, 0)))], axis=0).astype(np.uint8)
+        rows = h + 2   # hi plane above, lo plane below: one product per phase for both
+        out = np.empty((self.cout, 2 * h, 2 * wd), dtype=np.int64)
+        for (a, b), (matmul, correction) in self._phases.items():
+            both = conv2d_int8(planes[a:, b:b + wd + 1], matmul, 2)
+            hi, lo = both[:, :h], both[:, rows:rows + h]
+            out[:, a::2, b::2] = 256 * (hi.astype(np.int64) - correction) + lo
+        return out
+
+
+def requantise(acc: np.ndarray, bias: np.ndarray, mult: np.ndarray, shift: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """clip(round((acc + bias) * mult / 2**shift), lo, hi) per output channel, in int64 (round half up)."""
+    acc = np.ascontiguousarray(acc)
+    out = np.empty(acc.shape, np.int64)
+    _requantise(acc.reshape(len(acc), -1), bias.astype(np.int64), mult.astype(np.int64),
+                shift.astype(np.int64), lo, hi, out.reshape(len(acc), -1))
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _requantise(acc, bias, mult, shift, lo, hi, out):
+    # one fused integer pass: numpy's int64 temporaries made this a third of the prior's time
+    for c in range(acc.shape[0]):
+        half = np.int64(1) << (shift[c] - 1)
+        for i in range(acc.shape[1]):
+            v = ((np.int64(acc[c, i]) + bias[c]) * mult[c] + half) >> shift[c]
+            out[c, i] = min(max(v, lo), hi)
 
 
 class IntegerPrior:
     """z_{l+1} * mean_grid (int64, C x h x w) -> (scale index int32, mean * mean_grid int64), C x 2h x 2w."""
 
-    def __init__(self, layers: list[dict], num_scales: int):
+    def __init__(self, layers: list[dict], num_scales: int, act_max: int = ACT_MAX, int8: bool = True):
+        """int8=False keeps every layer on the float64 reference path (same integers, slower)."""
         self.layers = layers
         self.num_scales = num_scales
+        self.act_max = act_max
+        self._fast = [self._fast_conv(i, layer) if int8 and int8_gemm.available() else None
+                      for i, layer in enumerate(layers)]
+
+    def _fast_conv(self, i: int, layer: dict):
+        # the first layer's input (the decoded latent, split into bytes) is checked per call
+        w = layer["w"]
+        taps = w.shape[0] * 4 if i == 0 else w[0].size   # a 2x2 phase of the transposed conv, or k x k
+        if not int8_gemm.fits(w, int8_gemm.ACT_MAX if i == 0 else self.act_max, taps):
+            return None
+        return BytePlaneConv(w) if i == 0 else int8_gemm.Int8Matmul(hwc_matrix(w))
+
+    @property
+    def int8_layers(self) -> int:
+        return sum(f is not None for f in self._fast)
+
+    def _conv(self, i: int, h: np.ndarray) -> np.ndarray:
+        w, fast = self.layers[i]["w"], self._fast[i]
+        if i == 0:
+            small = fast is not None and np.abs(h).max(initial=0) < BytePlaneConv.LIMIT
+            return fast(h) if small else conv_transpose2x_exact(h, w)
+        if fast is not None:
+            return conv2d_int8(np.pad(h.transpose(1, 2, 0).astype(np.uint8), ((1, 1), (1, 1), (0, 0))), fast, 3)
+        return conv2d_exact(h.astype(np.float64), w.astype(np.float64), pad=1)
 
     def __call__(self, zq: np.ndarray, out_hw) -> tuple[np.ndarray, np.ndarray]:
-        h = np.clip(zq, -INPUT_MAX, INPUT_MAX).astype(np.float64)
+        h = np.clip(zq, -INPUT_MAX, INPUT_MAX)
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            w = layer["w"].astype(np.float64)
-            acc = conv_transpose2x_exact(h, w) if i == 0 else conv2d_exact(h, w, pad=1)
-            acc += layer["b"].astype(np.float64)[:, None, None]
-            q = requantise(acc, layer["mult"], layer["shift"])
-            if i < len(self.layers) - 1:
-                h = np.clip(q, 0, ACT_MAX).astype(np.float64)
-        q = q[:, : out_hw[0], : out_hw[1]]
+            lo, hi = (0, self.act_max) if i < last else (-MEAN_MAX, MEAN_MAX)
+            h = requantise(self._conv(i, h), layer["b"], layer["mult"], layer["shift"], lo, hi)
+        q = h[:, : out_hw[0], : out_hw[1]]
         c = q.shape[0] // 2
         index = np.clip(q[:c], 0, self.num_scales - 1).astype(np.int32)
-        mean = np.clip(q[c:], -MEAN_MAX, MEAN_MAX)
-        return index, mean
+        return index, q[c:]
 
     def check_bounds(self) -> None:
         """Refuse a model whose worst-case accumulator could leave the exact range (see module doc)."""
+        if not 1 <= self.act_max <= ACT_MAX:
+            raise ValueError(f"integer prior activation ceiling {self.act_max} is outside 1..{ACT_MAX}")
         in_max = INPUT_MAX
         for i, layer in enumerate(self.layers):
             w = np.abs(layer["w"].astype(np.int64))
@@ -91,24 +183,25 @@ class IntegerPrior:
             bound = per_out * in_max + np.abs(layer["b"])
             if bound.max() >= ACC_LIMIT or layer["mult"].max() >= (1 << MULT_BITS) or layer["shift"].min() < 1:
                 raise ValueError(f"integer prior layer {i} can leave the exact range")
-            in_max = ACT_MAX
+            in_max = self.act_max
 
     def arrays(self, prefix: str) -> dict:
-        out = {}
+        out = {f"{prefix}act_max": np.array(self.act_max, np.int32)}
         for i, layer in enumerate(self.layers):
             for key, value in layer.items():
                 out[f"{prefix}{i}/{key}"] = value
         return out
 
     @classmethod
-    def from_arrays(cls, arrays: dict, prefix: str, num_scales: int) -> "IntegerPrior":
+    def from_arrays(cls, arrays: dict, prefix: str, num_scales: int, int8: bool = True) -> "IntegerPrior":
         layers, i = [], 0
         while f"{prefix}{i}/w" in arrays:
             layers.append({k: arrays[f"{prefix}{i}/{k}"] for k in ("w", "b", "mult", "shift")})
             i += 1
         if not layers:
             raise ValueError(f"model has no integer prior under {prefix}")
-        prior = cls(layers, num_scales)
+        act_max = int(arrays.get(f"{prefix}act_max", ACT_MAX))   # older models: no key, 12-bit activations
+        prior = cls(layers, num_scales, act_max, int8)
         prior.check_bounds()
         return prior
 
@@ -149,17 +242,17 @@ def convert(prior_net, calibration_inputs, mean_grid: int, num_scales: int) -> I
         b = conv.bias.detach().double().numpy()
         out_axis = 1 if i == 0 else 0  # ConvTranspose2d stores (Cin, Cout, k, k)
         wmax = np.abs(np.moveaxis(w, out_axis, 0)).reshape(w.shape[out_axis], -1).max(axis=1)
-        w_scale = np.where(wmax > 0, wmax / WEIGHT_MAX, 1.0)
+        w_scale = np.where(wmax > 0, wmax / int8_gemm.WEIGHT_MAX, 1.0)
         shape = [1] * 4
         shape[out_axis] = -1
         w_int = np.round(w / w_scale.reshape(shape)).astype(np.int16)
         b_int = np.round(b / (w_scale * in_scale)).astype(np.int64)
         if i < len(convs) - 1:
-            out_scale = np.full_like(w_scale, max(act_max[i], 1e-6) / ACT_MAX)
+            out_scale = np.full_like(w_scale, max(act_max[i], 1e-6) / int8_gemm.ACT_MAX)
         else:
             c = w_scale.size // 2
             out_scale = np.concatenate([np.ones(c), np.full(c, 1.0 / mean_grid)])
         mult, shift = _multiplier(w_scale * in_scale / out_scale)
         layers.append({"w": w_int, "b": b_int, "mult": mult, "shift": shift.astype(np.int8)})
         in_scale = out_scale[0]
-    return IntegerPrior(layers, num_scales)
+    return IntegerPrior(layers, num_scales, int8_gemm.ACT_MAX)

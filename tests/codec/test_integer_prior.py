@@ -1,5 +1,3 @@
-import hashlib
-import json
 import subprocess
 import sys
 
@@ -8,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from codec.integer_prior import IntegerPrior, conv2d_exact, conv_transpose2x_exact
+from codec.integer_prior import BytePlaneConv, IntegerPrior, conv2d_exact, conv_transpose2x_exact
 from tests.conftest import PROJECT_ROOT, synthetic_image
 
 
@@ -39,6 +37,39 @@ def test_transposed_conv_matches_torch():
     got = conv_transpose2x_exact(x, w)
     assert got.shape == (6, 10, 14)
     np.testing.assert_array_equal(got, ref.numpy())
+
+
+def test_byte_planes_give_the_reference_transposed_conv_over_the_whole_input_range():
+    rng = np.random.default_rng(4)
+    w = rng.integers(-63, 64, (6, 5, 4, 4))
+    x = rng.integers(-(1 << 15) + 1, 1 << 15, (6, 7, 9))
+    x[0, 0, :3] = [-(1 << 15) + 1, (1 << 15) - 1, 0]
+    np.testing.assert_array_equal(BytePlaneConv(w)(x), conv_transpose2x_exact(x, w))
+
+
+def test_the_8_bit_path_gives_the_reference_integers(tiny_model):
+    """Every layer of an exported model runs 8-bit; a prior forced onto float64 gives the same integers,
+    also for latents too large for the byte planes (the first layer then falls back)."""
+    rng = np.random.default_rng(5)
+    for prior in tiny_model.priors:
+        assert prior.int8_layers == len(prior.layers) and prior.act_max == 255
+        reference = IntegerPrior(prior.layers, prior.num_scales, prior.act_max, int8=False)
+        assert reference.int8_layers == 0
+        for scale in (8, 400, 1 << 16):
+            z = rng.integers(-scale, scale, (tiny_model.cfg.latent_channels, 6, 11))
+            for got, want in zip(prior(z, (12, 21)), reference(z, (12, 21))):
+                np.testing.assert_array_equal(got, want)
+
+
+def test_models_with_12_bit_layers_keep_the_reference_path(tiny_model):
+    layers = [dict(layer) for layer in tiny_model.priors[0].layers]
+    layers[1]["w"] = layers[1]["w"] * 20   # beyond 7 bits, as models exported before session 3
+    prior = IntegerPrior(layers, tiny_model.cfg.num_scales, act_max=4095)
+    assert prior.int8_layers == 1   # the first layer's 7-bit weights still qualify; 12-bit activations don't
+    reference = IntegerPrior(layers, tiny_model.cfg.num_scales, act_max=4095, int8=False)
+    z = np.random.default_rng(6).integers(-300, 300, (tiny_model.cfg.latent_channels, 5, 8))
+    for got, want in zip(prior(z, (10, 16)), reference(z, (10, 16))):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_integer_prior_follows_the_float_prior(tiny_model):

@@ -163,3 +163,20 @@ def test_weights_that_do_not_fit_the_configured_model_are_named(tmp_path, folder
     train(TrainConfig(**config(tmp_path, folders, steps=3)))
     with pytest.raises(CodecError, match="the weights do not fit the configured model: top_prior.index_param"):
         train(TrainConfig(**config(tmp_path, folders, steps=6, model={**TINY, "top_prior": "logistic"})))
+
+
+def test_the_weight_average_is_what_validation_measures_and_exports(tmp_path, folders):
+    from codec import weights
+    from codec.train import load_float
+
+    train(TrainConfig(**config(tmp_path, folders, steps=3, ema=0.5)))
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    key = "analysis.image.convs.0.weight"
+    assert not torch.equal(state["ema"][key], state["model"][key])   # an average, not the raw weights
+    exported = weights.float_state_dict(weights.load_arrays(tmp_path / "run" / "last.npz")[0])
+    torch.testing.assert_close(exported[key], state["ema"][key].half().float())   # stored as float16
+    torch.testing.assert_close(load_float(tmp_path / "run" / "last.pt")[0].state_dict()[key], state["ema"][key])
+    train(TrainConfig(**config(tmp_path, folders, steps=6, ema=0.5)))   # resumes the average
+    assert (tmp_path / "run" / "train.log").read_text().count("starts at the current weights") == 1   # first run
+    after = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["ema"][key]
+    assert not torch.equal(after, state["ema"][key])

@@ -8,7 +8,6 @@ spans less than a 1.2x rate range). Target: at most 0.3 dB lost.
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 

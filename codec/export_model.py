@@ -7,7 +7,6 @@ validation images and written into the model's metadata.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch

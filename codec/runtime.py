@@ -71,7 +71,6 @@ class CodecModel:
     @cached_property
     def torch_model(self):
         """The float network (analysis and synthesis), loaded on first use."""
-        import torch
         from .model import NestedLatentCodec
 
         net = NestedLatentCodec(self.cfg)

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from codec import api
 from codec.imageio import Photo, read_photo

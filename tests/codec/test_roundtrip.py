@@ -111,7 +111,6 @@ def test_every_supported_level_count_round_trips(tmp_path, levels):
 
 def test_models_from_before_the_learned_top_prior_still_round_trip(tmp_path):
     """Their files have no top_prior key: zL is coded with the fixed logistic table."""
-    import json
     from codec import weights
     from codec.runtime import CodecModel
     from tests.conftest import build_tiny_model

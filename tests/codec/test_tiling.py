@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from codec import api
-from codec.imageio import Photo, read_photo
+from codec.imageio import Photo
 from codec.lambdas import index_of_lambda, lambda_of_index
 from codec.tiling import TileGeometry, analyse, synthesise
 from codec.transforms import TorchTransforms

@@ -7,7 +7,6 @@ import os
 import signal
 import time
 
-import pytest
 
 from codec import api
 from codec.imageio import read_photo

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 
 import paho.mqtt.client as mqtt
 import pytest

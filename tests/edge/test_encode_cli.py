@@ -10,7 +10,6 @@ from codec import api
 from codec.imageio import read_photo
 from codec.onnx_export import export_stamped
 from edge.encode_cli import main
-from export import parity
 from tests.conftest import PROJECT_ROOT, synthetic_image
 
 

@@ -3,7 +3,6 @@ fallback, standard bitstreams written beside the archived ones, and a crashed jo
 import json
 import threading
 
-import numpy as np
 from PIL import Image
 
 from codec import api

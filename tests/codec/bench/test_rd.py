@@ -1,7 +1,6 @@
 """The RD benchmark end to end on a small folder: every anchor runs, files and the plot are written."""
 import csv
 
-import numpy as np
 from PIL import Image
 
 from codec.bench import rd

@@ -96,7 +96,7 @@ class BytePlaneConv:
         self.cout = w.shape[1]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        cin, h, wd = x.shape
+        _, h, wd = x.shape
         hw = x.transpose(1, 2, 0)
         planes = np.concatenate([np.pad((hw >> 8) + 128, ((1, 1), (1, 1), (0, 0)), constant_values=128),
                                  np.pad(hw & 255, ((1, 1), (1, 1), (0, 0)))], axis=0).astype(np.uint8)

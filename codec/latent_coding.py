@@ -1,8 +1,9 @@
 """From continuous analysis outputs to entropy-coded symbols and back, top-down through the levels.
 
 Encoder and decoder run the same integer code: zL is rounded and coded with the model's table for each
-channel (a learned Gaussian scale, or the fixed logistic of older models); each lower level is coded as residual r = round(y - mean) with the Gaussian table chosen by the integer
-prior from the decoded level above. Decoded latents are kept as integers zq = z * mean_grid, exact.
+channel (a learned Gaussian scale, or the fixed logistic of older models); each lower level is coded as
+residual r = round(y - mean) with the Gaussian table chosen by the integer prior from the decoded level
+above. Decoded latents are kept as integers zq = z * mean_grid, exact.
 `model` is a runtime.CodecModel: its priors, mean grid, CDF tables and zL tables.
 """
 from __future__ import annotations

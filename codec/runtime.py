@@ -48,13 +48,14 @@ class CodecModel:
         if self.cfg.top_prior == "logistic":
             return np.full(self.cfg.latent_channels, logistic, np.int32)
         index = np.asarray(arrays[TOP_INDEX_KEY])
-        if index.shape != (self.cfg.latent_channels,) or index.min() < 0 or index.max() >= logistic:
+        if index.shape != (self.cfg.latent_channels,) or not np.issubdtype(index.dtype, np.integer) \
+                or index.min() < 0 or index.max() >= logistic:
             raise ValueError(f"{TOP_INDEX_KEY} must hold {self.cfg.latent_channels} indices below {logistic}")
         return index.astype(np.int32)
 
     def top_tables(self, shape) -> np.ndarray:
         """Table index of every element of a (C,h,w) zL, in C order."""
-        c, h, w = shape
+        _, h, w = shape
         return np.repeat(self.top_index, h * w)
 
     @classmethod

@@ -140,3 +140,7 @@ def test_a_top_index_outside_the_table_is_refused(tmp_path, tiny_model):
     weights.save_arrays(tmp_path / "bad.npz", arrays, meta)
     with pytest.raises(CodecError, match="not a complete codec model .*top/index must hold 8 indices below 64"):
         CodecModel.load(tmp_path / "bad.npz")
+    arrays["top/index"] = np.full(8, 3.5)   # integers only: a float would be truncated differently
+    weights.save_arrays(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(CodecError, match="top/index must hold 8 indices"):
+        CodecModel.load(tmp_path / "bad.npz")

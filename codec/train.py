@@ -267,14 +267,15 @@ def export_float_model(model, path: Path, info: dict):
 
 
 def restore(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
-    """Returns (step, best score). Prefers the run's checkpoint, then cfg.init_from, else fresh."""
-    step, best = _load_state(cfg, run_dir, model, opt, sampler)
+    """Returns (step, best score, the checkpoint's weight average or None). Prefers the run's checkpoint,
+    then cfg.init_from, else fresh."""
+    step, best, saved_average = _load_state(cfg, run_dir, model, opt, sampler)
     if not cfg.lift_stuck_gdn:
-        return step, best
+        return step, best, saved_average
     lifted = sum(m.lift_stuck_zeros() for m in model.modules() if isinstance(m, SimplifiedGDN))
     if lifted:
         log.info("lifted %d GDN weights stuck at exactly 0 (zero gradient) to a small pedestal", lifted)
-    return step, best
+    return step, best, saved_average
 
 
 ADDED_PARAMETERS = ("top_prior.index_param",)   # newer than some checkpoints: they start at their init
@@ -301,13 +302,11 @@ def load_optimiser(opt, state: dict, upgraded: bool):
     opt.load_state_dict(state)
 
 
-def restore_average(cfg: TrainConfig, run_dir: Path, model):
+def restore_average(cfg: TrainConfig, model, saved):
     """The checkpoint's weight average, or one starting at the current weights (new, or switched on)."""
     if not cfg.ema:
         return None
     average = WeightAverage(model, cfg.ema)
-    ckpt = run_dir / "last.pt"
-    saved = torch.load(ckpt, weights_only=False).get("ema") if ckpt.exists() else None
     if saved:
         average.model.load_state_dict(saved)
     else:
@@ -323,14 +322,14 @@ def _load_state(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
         torch.set_rng_state(state["torch_rng"])
         sampler.rng.bit_generator.state = state["sampler_rng"]
         log.info("resumed from %s at step %d", ckpt, state["step"])
-        return state["step"], state["best"]
+        return state["step"], state["best"], state.get("ema")
     if cfg.init_from:
         arrays, meta = weights.load_arrays(resolve(cfg.init_from))
         load_weights(model, weights.float_state_dict(arrays))
         step = int(meta.get("train", {}).get("step", 0))
         log.info("started from model file %s (trained %d steps)", cfg.init_from, step)
-        return step, float("inf")
-    return 0, float("inf")
+        return step, float("inf"), None
+    return 0, float("inf"), None
 
 
 def train(cfg: TrainConfig):
@@ -349,8 +348,8 @@ def train(cfg: TrainConfig):
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    step, best = restore(cfg, run_dir, model, opt, sampler)
-    average = restore_average(cfg, run_dir, model)
+    step, best, saved_average = restore(cfg, run_dir, model, opt, sampler)
+    average = restore_average(cfg, model, saved_average)
     measured = average.model if average else model
     forward = compiled(model) if cfg.compile else model   # validation stays eager: other shapes
     validator = Validator(cfg)

@@ -16,7 +16,10 @@ import numpy as np
 
 STRIDE = 16           # pixels per z1 position
 WINDOW = 32           # z1 positions per transform window core (512 px)
-MARGIN = 4            # z1 positions of context on each side (64 px, more than either receptive field)
+MARGIN = 2            # z1 positions of context on each side (32 px): a z1 position's analysis sees its pixels
+                      # ±30 px (four 5x5 stride-2 convs: 2·(1+2+4+8)), a pixel's synthesis sees z1 positions
+                      # -1..+2 of its own; a wider margin only costs time ((32+2m)²/32² of the pixels)
+WINDOW_PX = (WINDOW + 2 * MARGIN) * STRIDE   # the largest input a transform window ever has (576 px)
 
 
 @dataclass(frozen=True)

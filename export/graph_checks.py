@@ -307,7 +307,7 @@ def count_macs(m: onnx.ModelProto, input_dims: dict) -> int:
 
 
 def window_overhead(height: int, width: int) -> float:
-    """Pixels the image analysis computes per photo pixel, with the 64 px context of every 512 px window."""
+    """Pixels the image analysis computes per photo pixel, with the 32 px context of every 512 px window."""
     from codec.tiling import MARGIN, STRIDE, WINDOW, _windows
 
     h1, w1 = math.ceil(height / STRIDE), math.ceil(width / STRIDE)

@@ -1,7 +1,7 @@
 """TensorRT 10 engine building (`build_serialized_network`), written against the TensorRT 10 Python API.
 
 Two engines, as the analysis has two graphs: the image engine, whose optimisation profile spans the
-analysis windows (16 px up to the 640 px a 512 px window with 64 px context needs, capped by --max-size),
+analysis windows (16 px up to the 576 px a 512 px window with 32 px context needs, capped by --max-size),
 and the latent engine, whose profile spans y1 grids up to the largest photo (--max-size / 16).
 Precision: FP16 by default; with a Q/DQ graph, INT8 where the Q/DQ nodes say so (explicit quantisation)
 and FP16 elsewhere. The timing cache is loaded before and saved after every build, so rebuilding on
@@ -15,11 +15,8 @@ import math
 import time
 from pathlib import Path
 
-from codec.tiling import MARGIN, STRIDE, WINDOW
+from codec.tiling import STRIDE, WINDOW_PX   # WINDOW_PX: the largest input the image engine gets
 from edge.backends.tensorrt_backend import engine_key, import_tensorrt, runtime_identity, sidecar_path
-
-WINDOW_PX = (WINDOW + 2 * MARGIN) * STRIDE   # largest input the tiled analysis ever gives the image engine
-
 
 class EngineBuildError(Exception):
     pass

@@ -76,3 +76,16 @@ def test_tiles_cover_every_level_exactly_once(w, h, tile):
             rs, cs = regions[level]
             cover[rs, cs] += 1
         assert cover.min() == 1 and cover.max() == 1
+
+
+def test_the_margin_is_as_narrow_as_exactness_allows(tiny_model):
+    """MARGIN is the smallest context that keeps windowed analysis equal to whole-image analysis: one
+    position less changes the latents at window borders."""
+    from codec.tiling import MARGIN
+    pixels = synthetic_image(300, 420, seed=3)
+    g = TileGeometry(420, 300, 128, tiny_model.cfg.levels)
+    t = TorchTransforms(tiny_model.torch_model, 700.0)
+    whole = analyse(t.image, t.latent, pixels, g, window=WHOLE)[0]
+    exact = analyse(t.image, t.latent, pixels, g, window=4, margin=MARGIN)[0]
+    short = analyse(t.image, t.latent, pixels, g, window=4, margin=MARGIN - 1)[0]
+    assert np.abs(exact - whole).max() < 1e-4 < np.abs(short - whole).max()

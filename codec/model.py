@@ -145,7 +145,7 @@ class Synthesis(nn.Module):
         h = z / rate_gain(lam, z.dtype)
         for conv, gdn, film in zip(self.convs[:-1], self.gdns, self.films):
             h = film(gdn(conv(h)), lam)
-        return self.convs[-1](h) + 0.5
+        return self.convs[-1](h).float() + 0.5   # the distortion in float32 under bf16 autocast
 
 
 class PriorNet(nn.Module):
@@ -171,7 +171,7 @@ class PriorNet(nn.Module):
         h = z_next
         for layer in self.layers[:-1]:
             h = F.relu(layer(h))
-        out = self.layers[-1](h)[:, :, : out_hw[0], : out_hw[1]]
+        out = self.layers[-1](h)[:, :, : out_hw[0], : out_hw[1]].float()   # rates in float32 under bf16
         u, mean = out.chunk(2, dim=1)
         return u, mean
 
@@ -272,7 +272,7 @@ class NestedLatentCodec(nn.Module):
     def forward(self, x, lam, noisy: bool = True, bound: bool = False):
         """bound=True: the relaxed model (noise instead of rounding everywhere, free means), whose
         rate-distortion cost bounds what the practical codec can reach; used as a BG-VAE teacher."""
-        ys = self.analysis(x, lam)
+        ys = [y.float() for y in self.analysis(x, lam)]   # bf16 autocast (training): rates in float32
         if bound:
             z_hat, likelihoods = self.top_down(ys, quantiser=relaxed_quantiser, grid_means=False)
         else:

@@ -44,6 +44,8 @@ class TrainConfig:
     lr: float = 3e-4
     lr_end: float = 3e-5
     warmup: int = 500
+    decay_start: int = 0           # the cosine from lr to lr_end runs from here (or the warm-up's end) to `steps`:
+                                   # a run continued at lr can end with a short decay (a copy of its checkpoint)
     grad_clip: float = 1.0
     lambda_min: float = LAMBDA_MIN
     lambda_max: float = LAMBDA_MAX
@@ -58,6 +60,8 @@ class TrainConfig:
     model: dict = field(default_factory=dict)
     channels_last: bool = False
     compile: bool = False          # torch.compile the training forward pass (bench-train: ~1.4x steps/s)
+    bf16: bool = False             # run the convolutions in bfloat16 (CPU autocast); rates and the distortion
+                                   # stay float32. Fast only where the CPU has bf16 instructions (AVX512-BF16, AMX)
     time_budget_s: float = 0.0     # stop after this many CPU seconds of this invocation (0: no limit);
                                    # CPU time, so runs compared "at equal CPU budget" are, whatever else ran
     val_coded: bool = True         # validation also entropy-codes with integer priors (real bytes)
@@ -161,9 +165,11 @@ def load_float(path) -> tuple[NestedLatentCodec, dict]:
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, lr until decay_start, then a cosine down to lr_end at `steps`."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    start = max(cfg.warmup, cfg.decay_start)
+    t = min(1.0, max(0.0, step - start) / max(1, cfg.steps - start))
     return cfg.lr_end + 0.5 * (cfg.lr - cfg.lr_end) * (1 + math.cos(math.pi * t))
 
 
@@ -352,6 +358,8 @@ def train(cfg: TrainConfig):
     average = restore_average(cfg, model, saved_average)
     measured = average.model if average else model
     forward = compiled(model) if cfg.compile else model   # validation stays eager: other shapes
+    if cfg.bf16 and not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        log.warning("bf16: true, but this CPU has no bfloat16 instructions: emulated bf16 is slower than float32")
     validator = Validator(cfg)
     distiller = Distiller(cfg, model) if cfg.teacher else None
     rng = np.random.default_rng(cfg.seed + step)
@@ -370,7 +378,8 @@ def train(cfg: TrainConfig):
             g["lr"] = learning_rate(cfg, step)
         if distiller:
             distiller.begin()
-        out = forward(x, lam, bound=cfg.bound)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            out = forward(x, lam, bound=cfg.bound)
         loss, bpp, mse = rd_loss(out, x, lam)
         align = recon = 0.0
         if distiller:

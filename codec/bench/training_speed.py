@@ -17,6 +17,8 @@ VARIANTS = {
     "crop128_batch16": {"crop": 128, "batch": 16},
     "crop384_batch2": {"crop": 384, "batch": 2},
     "compile": {"compile": True},
+    "bf16": {"bf16": True},
+    "compile_bf16": {"compile": True, "bf16": True},
 }
 
 
@@ -35,7 +37,9 @@ def measure(variant: dict, steps: int, warmup: int, model_cfg: dict) -> dict:
     for i in range(warmup + steps):
         lam = sample_lambdas(rng, batch, 64, 8192)
         t0 = time.perf_counter()
-        loss, _, _ = rd_loss(step_fn(x, lam), x, lam)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.get("bf16", False)):
+            out = step_fn(x, lam, bound=True)
+        loss, _, _ = rd_loss(out, x, lam)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -42,3 +42,22 @@ def test_model_config_names_a_bad_top_prior_and_reads_old_files_as_logistic():
     assert ModelConfig.from_dict(ModelConfig().to_dict()).top_prior == "gaussian"
     assert NestedLatentCodec(ModelConfig.from_dict(old)).top_prior is None
     assert isinstance(NestedLatentCodec(ModelConfig()).top_prior, TopPrior)
+
+
+@pytest.mark.parametrize("bound", [False, True])
+def test_bf16_autocast_keeps_the_rate_and_the_distortion_in_float32(bound):
+    """Training with bf16: true runs the convolutions in bfloat16; likelihoods in bfloat16 would lose the
+    small bit counts of well-predicted elements, so the model hands float32 to the rate and the loss."""
+    net = NestedLatentCodec(ModelConfig(**SMALL))
+    x, lam = torch.rand(2, 3, 64, 64), torch.tensor([64.0, 8192.0])
+    torch.manual_seed(0)
+    ref = net(x, lam, bound=bound)
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x, lam, bound=bound)
+    assert out["x_hat"].dtype == out["bpp"].dtype == torch.float32
+    assert all(y.dtype == torch.float32 for y in out["ys"])
+    assert torch.allclose(out["bpp"], ref["bpp"], rtol=0.05)
+    assert (out["x_hat"] - ref["x_hat"]).abs().max() < 0.05
+    (out["bpp"].mean() + (out["x_hat"] - x).square().mean()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.analysis.parameters())

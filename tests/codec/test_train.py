@@ -180,3 +180,21 @@ def test_the_weight_average_is_what_validation_measures_and_exports(tmp_path, fo
     assert (tmp_path / "run" / "train.log").read_text().count("starts at the current weights") == 1   # first run
     after = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["ema"][key]
     assert not torch.equal(after, state["ema"][key])
+
+
+def test_bf16_training_runs_and_checkpoints_float32_weights(tmp_path, folders):
+    train(TrainConfig(**config(tmp_path, folders, steps=2, bf16=True, val_coded=False)))
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert state["step"] == 2 and all(v.dtype == torch.float32 for v in state["model"].values())
+    assert "val step 2" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_learning_rate_warms_up_holds_and_decays_from_decay_start():
+    from codec.train import learning_rate
+    cfg = TrainConfig(lr=1e-4, lr_end=1e-5, warmup=10, steps=1000, decay_start=600)
+    assert learning_rate(cfg, 0) == pytest.approx(1e-5)
+    assert learning_rate(cfg, 10) == learning_rate(cfg, 600) == pytest.approx(1e-4)
+    assert learning_rate(cfg, 800) == pytest.approx(5.5e-5)
+    assert learning_rate(cfg, 1000) == learning_rate(cfg, 5000) == pytest.approx(1e-5)
+    plain = TrainConfig(lr=1e-4, lr_end=1e-5, warmup=10, steps=1010)
+    assert learning_rate(plain, 510) == pytest.approx(5.5e-5)   # without decay_start: a cosine after warm-up

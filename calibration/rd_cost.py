@@ -19,8 +19,8 @@ from codec.data import list_images
 from codec.errors import CodecError
 from codec.imageio import read_photo
 from codec.lambdas import index_of_lambda, lambda_of_index
-from codec.tiling import WINDOW_PX
 from codec.onnx_export import OrtTransforms
+from codec.tiling import WINDOW_PX
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "blades" / "drone_frames"

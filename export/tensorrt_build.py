@@ -18,6 +18,7 @@ from pathlib import Path
 from codec.tiling import STRIDE, WINDOW_PX   # WINDOW_PX: the largest input the image engine gets
 from edge.backends.tensorrt_backend import engine_key, import_tensorrt, runtime_identity, sidecar_path
 
+
 class EngineBuildError(Exception):
     pass
 

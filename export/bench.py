@@ -99,7 +99,7 @@ def run(model, onnx_dir, data=DEFAULT_DATA, max_images=6, lam=1024.0, threads=2)
     paths = spread(paths, max_images)
     index = index_of_lambda(lam)
     contenders = backends(model, Path(onnx_dir), threads)
-    anchor_codecs = {a.name: a for a in anchors() if a.name in ANCHORS}
+    anchor_codecs = {a.name: a for a in anchors(threads) if a.name in ANCHORS}
     warm = read_photo(paths[0])
     for b in contenders.values():  # first-run allocation and numba compilation are not the steady state
         timed_encode(model, b, warm, index, threads)

@@ -130,7 +130,7 @@ def run(data_dirs, out_dir, model_path=None, lambdas=DEFAULT_LAMBDAS, max_images
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = CodecModel.load(model_path)
-    contenders = [ours(model, lambdas, threads)] + anchors()
+    contenders = [ours(model, lambdas, threads)] + anchors(threads)
     if codecs:
         contenders = [c for c in contenders if c.name in codecs]
     rows = []

@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--steps", type=int, default=10)
     bt.add_argument("--warmup", type=int, default=3)
 
+    bl = sub.add_parser("bench-ceiling", help="PSNR from unquantised vs rounded latents: do the transforms limit?")
+    bl.add_argument("--data", action="append", required=True, help="image folder (repeatable)")
+    bl.add_argument("--model")
+    bl.add_argument("--lambdas", type=float, nargs="+", default=[64, 1024, 8192])
+    bl.add_argument("--max-images", type=int, default=6)
+
     bn = sub.add_parser("bench-runs", help="coded validation RD of training runs, BD-rate against the first")
     bn.add_argument("runs", nargs="+", help="run directories (their last.npz) or model files")
 
@@ -226,6 +232,7 @@ COMMANDS = {
     "bench-coder": _lazy(".bench.coder"),
     "bench-train": _lazy(".bench.training_speed"),
     "bench-runs": _lazy(".bench.compare_runs"),
+    "bench-ceiling": _lazy(".bench.ceiling"),
     "bench-memory": _lazy(".bench.memory"),
 }
 

@@ -1,7 +1,10 @@
-"""The coder, memory, refinement and training-speed benchmarks run and report sane figures."""
+"""The coder, memory, refinement, ceiling and training-speed benchmarks run and report sane figures."""
+import numpy as np
+import pytest
 from PIL import Image
 
-from codec.bench import coder, memory, refinement, training_speed
+from codec.bench import ceiling, coder, memory, refinement, training_speed
+from codec.errors import CodecError
 from tests.conftest import synthetic_image
 
 
@@ -42,3 +45,18 @@ def test_training_speed_benchmark():
     r = training_speed.measure({"crop": 32, "batch": 1, "threads": 1}, steps=2, warmup=1,
                                model_cfg={"levels": 2, "channels": 8, "latent_channels": 8, "prior_channels": 8})
     assert r["steps_per_s"] > 0 and r["pixels_per_s"] == r["steps_per_s"] * 32 * 32
+
+
+def test_ceiling_reconstructs_from_unquantised_and_rounded_latents(tmp_path, tiny_model):
+    rows = ceiling.run(str(_folder(tmp_path, n=2, h=70, w=100)), str(tiny_model.path), lambdas=(64, 8192))
+    assert [(r["lambda"], r["images"]) for r in rows] == [(64, 2), (8192, 2)]
+    assert all(0 < r["psnr_unquantised"] < 100 and 0 < r["psnr_rounded"] < 100 for r in rows)
+    assert rows[0]["psnr_rounded"] != rows[0]["psnr_unquantised"]   # rounding changes the picture
+
+
+def test_ceiling_crops_to_whole_z1_positions_and_names_a_bad_folder(tmp_path):
+    assert ceiling.centre_crop(np.zeros((1100, 70, 3), np.uint8)).shape == (1024, 64, 3)
+    with pytest.raises(CodecError, match="smaller than 16 px"):
+        ceiling.centre_crop(np.zeros((10, 70, 3), np.uint8))
+    with pytest.raises(CodecError, match="no images"):
+        ceiling.run(str(tmp_path))

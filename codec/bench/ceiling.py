@@ -1,0 +1,68 @@
+"""`python -m codec bench-ceiling --data DIR`: what limits the model's quality, the transforms or the rounding.
+
+For each photo and λ, the float model reconstructs the photo twice: from the unquantised analysis output
+(the transforms' ceiling: no rate could buy more) and from rounded latents (what the codec decodes, before
+entropy coding, which is lossless). When PSNR stops rising with λ and the two are close, more bits cannot
+help: the analysis and synthesis transforms need training, not the priors.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import list_images, spread
+from ..errors import CodecError
+from ..imageio import read_rgb
+from ..runtime import CodecModel
+from ..tiling import STRIDE
+from .metrics import psnr
+
+MAX_SIDE = 1024   # centre crop: whole-image float passes, memory bounded
+
+
+def centre_crop(pixels: np.ndarray) -> np.ndarray:
+    """Largest centred crop of at most MAX_SIDE per side that is a whole number of z1 positions."""
+    h, w = (min(MAX_SIDE, s) // STRIDE * STRIDE for s in pixels.shape[:2])
+    if not h or not w:
+        raise CodecError(f"image of {pixels.shape[1]}x{pixels.shape[0]} is smaller than {STRIDE} px")
+    top, left = (pixels.shape[0] - h) // 2, (pixels.shape[1] - w) // 2
+    return pixels[top:top + h, left:left + w]
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    return (x[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+@torch.no_grad()
+def ceiling(net, pixels: np.ndarray, lam: float) -> tuple[float, float]:
+    """(PSNR from unquantised latents, PSNR from rounded latents) of one photo at one λ."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).float().div(255)[None]
+    lam_t = torch.tensor([float(lam)])
+    ys = net.analysis(x, lam_t)
+    z_hat, _ = net.top_down(ys)
+    return psnr(pixels, to_uint8(net.synthesis(ys[0], lam_t))), psnr(pixels, to_uint8(net.synthesis(z_hat[0], lam_t)))
+
+
+def run(data: str, model_path=None, lambdas=(64, 1024, 8192), max_images: int = 6) -> list[dict]:
+    paths = spread(list_images(data), max_images)
+    if not paths:
+        raise CodecError(f"{data}: no images")
+    net = CodecModel.load(model_path).torch_model
+    rows = []
+    for lam in lambdas:
+        pairs = [ceiling(net, centre_crop(read_rgb(p)), lam) for p in paths]
+        unq, rounded = np.mean(pairs, axis=0)
+        rows.append({"data": Path(data).name, "lambda": lam, "images": len(paths), "psnr_unquantised": unq,
+                     "psnr_rounded": rounded})
+    return rows
+
+
+def main(args):
+    rows = [r for data in args.data for r in run(data, args.model, tuple(args.lambdas), args.max_images)]
+    print("| data | λ | images | PSNR, unquantised latents | PSNR, rounded latents | rounding costs |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['data']} | {r['lambda']:g} | {r['images']} | {r['psnr_unquantised']:.2f} | "
+              f"{r['psnr_rounded']:.2f} | {r['psnr_unquantised'] - r['psnr_rounded']:.2f} dB |")

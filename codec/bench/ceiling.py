@@ -16,7 +16,7 @@ from ..data import list_images, spread
 from ..errors import CodecError
 from ..imageio import read_rgb
 from ..runtime import CodecModel
-from ..tiling import STRIDE
+from ..tiling import STRIDE, to_uint8
 from .metrics import psnr
 
 MAX_SIDE = 1024   # centre crop: whole-image float passes, memory bounded
@@ -31,8 +31,9 @@ def centre_crop(pixels: np.ndarray) -> np.ndarray:
     return pixels[top:top + h, left:left + w]
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    return (x[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+def _picture(x_hat: torch.Tensor) -> np.ndarray:
+    """The decoder's own rounding to 8 bits."""
+    return to_uint8(x_hat[0].numpy()).transpose(1, 2, 0)
 
 
 @torch.no_grad()
@@ -42,7 +43,8 @@ def ceiling(net, pixels: np.ndarray, lam: float) -> tuple[float, float]:
     lam_t = torch.tensor([float(lam)])
     ys = net.analysis(x, lam_t)
     z_hat, _ = net.top_down(ys)
-    return psnr(pixels, to_uint8(net.synthesis(ys[0], lam_t))), psnr(pixels, to_uint8(net.synthesis(z_hat[0], lam_t)))
+    unquantised, rounded = net.synthesis(ys[0], lam_t), net.synthesis(z_hat[0], lam_t)
+    return psnr(pixels, _picture(unquantised)), psnr(pixels, _picture(rounded))
 
 
 def run(data: str, model_path=None, lambdas=(64, 1024, 8192), max_images: int = 6) -> list[dict]:

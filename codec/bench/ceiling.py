@@ -47,11 +47,11 @@ def ceiling(net, pixels: np.ndarray, lam: float) -> tuple[float, float]:
     return psnr(pixels, _picture(unquantised)), psnr(pixels, _picture(rounded))
 
 
-def run(data: str, model_path=None, lambdas=(64, 1024, 8192), max_images: int = 6) -> list[dict]:
+def run(data: str, model: CodecModel, lambdas=(64, 1024, 8192), max_images: int = 6) -> list[dict]:
     paths = spread(list_images(data), max_images)
     if not paths:
         raise CodecError(f"{data}: no images")
-    net = CodecModel.load(model_path).torch_model
+    net = model.torch_model
     rows = []
     for lam in lambdas:
         pairs = [ceiling(net, centre_crop(read_rgb(p)), lam) for p in paths]
@@ -62,7 +62,8 @@ def run(data: str, model_path=None, lambdas=(64, 1024, 8192), max_images: int = 
 
 
 def main(args):
-    rows = [r for data in args.data for r in run(data, args.model, tuple(args.lambdas), args.max_images)]
+    model = CodecModel.load(args.model)
+    rows = [r for data in args.data for r in run(data, model, tuple(args.lambdas), args.max_images)]
     print("| data | λ | images | PSNR, unquantised latents | PSNR, rounded latents | rounding costs |")
     print("|---|---|---|---|---|---|")
     for r in rows:

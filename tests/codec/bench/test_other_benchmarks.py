@@ -48,7 +48,7 @@ def test_training_speed_benchmark():
 
 
 def test_ceiling_reconstructs_from_unquantised_and_rounded_latents(tmp_path, tiny_model):
-    rows = ceiling.run(str(_folder(tmp_path, n=2, h=70, w=100)), str(tiny_model.path), lambdas=(64, 8192))
+    rows = ceiling.run(str(_folder(tmp_path, n=2, h=70, w=100)), tiny_model, lambdas=(64, 8192))
     assert [(r["lambda"], r["images"]) for r in rows] == [(64, 2), (8192, 2)]
     assert all(0 < r["psnr_unquantised"] < 100 and 0 < r["psnr_rounded"] < 100 for r in rows)
     assert rows[0]["psnr_rounded"] != rows[0]["psnr_unquantised"]   # rounding changes the picture
@@ -59,4 +59,4 @@ def test_ceiling_crops_to_whole_z1_positions_and_names_a_bad_folder(tmp_path):
     with pytest.raises(CodecError, match="smaller than 16 px"):
         ceiling.centre_crop(np.zeros((10, 70, 3), np.uint8))
     with pytest.raises(CodecError, match="no images"):
-        ceiling.run(str(tmp_path))
+        ceiling.run(str(tmp_path), None)

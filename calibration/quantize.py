@@ -8,8 +8,8 @@ What TensorRT's explicit quantisation needs, and why each option is set:
   differ by orders of magnitude;
 - MinMax calibration reduces every tensor to its min and max inside the graph, so 32 photos need
   little memory (this onnxruntime's CalibMaxIntermediateOutputs would discard data, so it is not set);
-- only Conv is quantised: the GDN division, FiLM and λ embedding stay in float, where they are cheap and
-  where int8 would cost quality; biases stay float (TensorRT takes no int32 DequantizeLinear); Conv
+- only Conv is quantised: the GDN (a Softsign in the exported graph), FiLM and λ embedding stay in float, where
+  int8 would cost quality; biases stay float (TensorRT takes no int32 DequantizeLinear); Conv
   outputs are not requantised (the last one is y1, whose rounding to integers is the codec itself).
 The latent graph (`encoder_latent.onnx`, ~3 % of the MACs) is not quantised.
 

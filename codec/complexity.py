@@ -22,7 +22,8 @@ def count_macs(module: nn.Module, *inputs) -> int:
         elif isinstance(layer, nn.Linear):
             total += out.numel() * layer.in_features
         elif isinstance(layer, SimplifiedGDN):
-            total += out.numel() * out.shape[1]  # its 1x1 convolution over |x| (F.conv2d, no module)
+            # its 1x1 convolution over |x| (F.conv2d, no module), or one multiply per element when diagonal
+            total += out.numel() * (1 if layer.elementwise else out.shape[1])
 
     handles = [m.register_forward_hook(hook) for m in module.modules()
                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, SimplifiedGDN))]

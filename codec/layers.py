@@ -19,6 +19,7 @@ class SimplifiedGDN(nn.Module):
     def __init__(self, channels: int, inverse: bool = False):
         super().__init__()
         self.inverse = inverse
+        self.elementwise = False   # see use_elementwise_if_diagonal
         self.beta_param = nn.Parameter(torch.ones(channels))
         gamma = torch.eye(channels).mul(0.1) + self.PEDESTAL ** 2
         self.gamma_param = nn.Parameter(gamma.sqrt().view(channels, channels, 1, 1))
@@ -31,11 +32,33 @@ class SimplifiedGDN(nn.Module):
         self.gamma_param[stuck] = self.PEDESTAL
         return int(stuck.sum())
 
+    def is_diagonal(self) -> bool:
+        off = self.gamma_param[..., 0, 0].detach().clone().fill_diagonal_(0)
+        return not off.any()
+
+    def use_elementwise_if_diagonal(self) -> bool:
+        """When Γ is exactly diagonal, compute β + Γ|x| per element instead of as a 1x1 convolution.
+
+        Γ's off-diagonal zeros of every model trained without the pedestal have zero gradient and stay
+        zero for good, so the C x C convolution (4 k multiply-accumulates per pixel at half resolution,
+        ~10 % of the analysis) adds nothing but time. Returns whether the switch was made.
+        """
+        self.elementwise = self.is_diagonal()
+        return self.elementwise
+
     def forward(self, x):
         beta = self.beta_param.square() + 1e-6
-        gamma = self.gamma_param.square()
-        norm = F.conv2d(x.abs(), gamma, beta)
+        if self.elementwise:
+            gamma = self.gamma_param.reshape(-1)[:: self.gamma_param.shape[0] + 1].square()   # the diagonal
+            norm = torch.addcmul(beta.view(1, -1, 1, 1), gamma.view(1, -1, 1, 1), x.abs())
+        else:
+            norm = F.conv2d(x.abs(), self.gamma_param.square(), beta)
         return x * norm if self.inverse else x / norm
+
+
+def use_elementwise_gdns(net: nn.Module) -> int:
+    """Switch every GDN with an exactly diagonal Γ to the per-element form; returns how many switched."""
+    return sum(m.use_elementwise_if_diagonal() for m in net.modules() if isinstance(m, SimplifiedGDN))
 
 
 class LambdaFiLM(nn.Module):
@@ -47,10 +70,15 @@ class LambdaFiLM(nn.Module):
         nn.init.zeros_(self.net[2].weight)
         nn.init.zeros_(self.net[2].bias)
 
-    def forward(self, x, lam):
-        t = normalised_log_lambda(lam).view(-1, 1).to(x.dtype)
+    def affine(self, lam, dtype=torch.float32):
+        """(gain, shift), each (B, C, 1, 1): the map x -> x * gain + shift for this λ."""
+        t = normalised_log_lambda(lam).view(-1, 1).to(dtype)
         scale, shift = self.net(t).chunk(2, dim=1)
-        return x * (1.0 + scale)[:, :, None, None] + shift[:, :, None, None]
+        return (1.0 + scale)[:, :, None, None], shift[:, :, None, None]
+
+    def forward(self, x, lam):
+        gain, shift = self.affine(lam, x.dtype)
+        return x * gain + shift
 
 
 LAMBDA_REF = math.sqrt(LAMBDA_MIN * LAMBDA_MAX)

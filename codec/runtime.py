@@ -72,12 +72,14 @@ class CodecModel:
     @cached_property
     def torch_model(self):
         """The float network (analysis and synthesis), loaded on first use."""
+        from .layers import use_elementwise_gdns
         from .model import NestedLatentCodec
 
         net = NestedLatentCodec(self.cfg)
         net.load_state_dict(weights.float_state_dict(self._arrays))
         if net.top_prior is not None:   # the exact indices, not their float16 copy
             net.top_prior.set_index(self.top_index)
+        use_elementwise_gdns(net)
         net.eval()
         for p in net.parameters():
             p.requires_grad_(False)

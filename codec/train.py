@@ -23,7 +23,7 @@ from .data import CropSampler, list_images, spread
 from .errors import CodecError
 from .imageio import read_rgb
 from .lambdas import LAMBDA_MAX, LAMBDA_MIN
-from .layers import SimplifiedGDN
+from .layers import SimplifiedGDN, use_elementwise_gdns
 from .model import ModelConfig, NestedLatentCodec
 from . import weights
 
@@ -276,7 +276,8 @@ def restore(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
     """Returns (step, best score, the checkpoint's weight average or None). Prefers the run's checkpoint,
     then cfg.init_from, else fresh."""
     step, best, saved_average = _load_state(cfg, run_dir, model, opt, sampler)
-    if not cfg.lift_stuck_gdn:
+    if not cfg.lift_stuck_gdn:   # the zeros stay zero: skip the C x C convolutions that multiply them
+        log.info("%d GDN layers with a diagonal Γ run per element", use_elementwise_gdns(model))
         return step, best, saved_average
     lifted = sum(m.lift_stuck_zeros() for m in model.modules() if isinstance(m, SimplifiedGDN))
     if lifted:

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import torch
 
+from ..layers import SimplifiedGDN, use_elementwise_gdns
 from ..model import ModelConfig, NestedLatentCodec
 from ..train import rd_loss, sample_lambdas
 
@@ -19,7 +20,18 @@ VARIANTS = {
     "compile": {"compile": True},
     "bf16": {"bf16": True},
     "compile_bf16": {"compile": True, "bf16": True},
+    # the default run's GDNs: Γ exactly diagonal (lift_stuck_gdn: false), computed per element
+    "compile_bf16_diagonal": {"compile": True, "bf16": True, "diagonal_gdn": True},
 }
+
+
+def diagonal_gdns(net):
+    """Zero Γ's off-diagonal, as in every model trained without the pedestal, and compute it per element."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, SimplifiedGDN):
+                m.gamma_param.mul_(torch.eye(m.gamma_param.shape[0]).view_as(m.gamma_param))
+    use_elementwise_gdns(net)
 
 
 def measure(variant: dict, steps: int, warmup: int, model_cfg: dict) -> dict:
@@ -29,6 +41,8 @@ def measure(variant: dict, steps: int, warmup: int, model_cfg: dict) -> dict:
     net = NestedLatentCodec(ModelConfig(**model_cfg))
     fmt = torch.channels_last if variant.get("channels_last") else torch.contiguous_format
     net = net.to(memory_format=fmt)
+    if variant.get("diagonal_gdn"):
+        diagonal_gdns(net)
     step_fn = torch.compile(net) if variant.get("compile") else net
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     rng = np.random.default_rng(0)

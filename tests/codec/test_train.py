@@ -114,6 +114,24 @@ def test_gdn_weights_stuck_at_zero_are_lifted_and_then_learn(tmp_path, folders):
     assert torch.any((gamma[off_diagonal] - SimplifiedGDN.PEDESTAL).abs() > 1e-5)   # and they moved
 
 
+def test_diagonal_gdns_train_per_element_and_stay_diagonal(tmp_path, folders):
+    from codec.layers import SimplifiedGDN
+    from codec.model import ModelConfig, NestedLatentCodec
+    from codec.train import export_float_model
+
+    old = NestedLatentCodec(ModelConfig(**TINY))
+    off_diagonal = ~torch.eye(8, dtype=torch.bool).view(8, 8, 1, 1)
+    for m in old.modules():
+        if isinstance(m, SimplifiedGDN):
+            m.gamma_param.data[off_diagonal] = 0.0
+    export_float_model(old, tmp_path / "old.npz", {"step": 0})
+    train(TrainConfig(**config(tmp_path, folders, steps=3, lift_stuck_gdn=False, init_from=str(tmp_path / "old.npz"))))
+    assert "6 GDN layers with a diagonal Γ run per element" in (tmp_path / "run" / "train.log").read_text()
+    gamma = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]["synthesis.gdns.0.gamma_param"]
+    assert torch.all(gamma[off_diagonal] == 0)
+    assert not torch.equal(gamma[~off_diagonal], old.synthesis.gdns[0].gamma_param.data[~off_diagonal])   # learnt
+
+
 def test_cli_train_reports_a_bad_config(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("crop: [unclosed")

@@ -41,7 +41,9 @@ def tapped_modules(net: nn.Module) -> list:
 
 
 def affinity(f: torch.Tensor, pool: int = POOL) -> torch.Tensor:
-    """(B,C,H,W) -> (B,N,N) cosine similarities between the N <= pool*pool positions."""
+    """(B,C,H,W) -> (B,N,N) cosine similarities between the N <= pool*pool positions (in float32: under
+    bf16 autocast the features arrive in bfloat16, whose 8-bit mantissa would blur the similarities)."""
+    f = f.float()
     if f.shape[-1] > pool or f.shape[-2] > pool:
         f = F.adaptive_avg_pool2d(f, (min(pool, f.shape[-2]), min(pool, f.shape[-1])))
     v = F.normalize(f.flatten(2), dim=1)

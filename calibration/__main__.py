@@ -18,7 +18,8 @@ def build_parser():
     q.add_argument("-o", "--output", required=True, type=Path)
     q.add_argument("--calibration-dir", type=Path)
     q.add_argument("--count", type=int, default=32)
-    q.add_argument("--method", default="minmax", choices=("minmax", "percentile", "entropy"))
+    q.add_argument("--method", choices=("minmax", "percentile", "entropy"),
+                   help="calibration ranges (default: minmax for tensorrt, percentile for cpu)")
     q.add_argument("--target", default="tensorrt", choices=("tensorrt", "cpu"),
                    help="tensorrt: symmetric Q/DQ for TensorRT (default); cpu: QLinearConv for ONNX Runtime on CPU")
     r = sub.add_parser("rd", help="INT8 vs FP32: BD-rate, dB and speed-up under ONNX Runtime")

@@ -113,13 +113,16 @@ def test_bd_psnr():
     assert bd_psnr(rates, psnrs, [5.0, 6.0], [40.0, 41.0]) is None   # no common rate range
 
 
-def test_cpu_variant_is_qlinearconv_decodes_and_is_refused_for_tensorrt(default_model, tmp_path):
+def test_cpu_variant_is_qlinearconv_decodes_and_is_refused_for_tensorrt(default_model, tmp_path, caplog):
     from calibration.quantize import CPU_GRAPH, output_conv
     from edge.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     image, latent = export_stamped(default_model, tmp_path)
     cpu = tmp_path / CPU_GRAPH
-    result = quantize_encoder(image, cpu, CalibrationSet(need_data(NORDTANK), count=4, crop=(192, 256)), target="cpu")
+    with caplog.at_level("INFO", logger="calibration"):
+        result = quantize_encoder(image, cpu, CalibrationSet(need_data(NORDTANK), count=4, crop=(192, 256)),
+                                  target="cpu")
+    assert "(percentile, for cpu)" in caplog.text   # its default calibration: min/max cost 0.42 dB here
     assert result["passed"] and result["qlinearconv_nodes"] == 3 and result["float_conv_nodes"] == 1
     assert output_conv(cpu) == output_conv(image)   # y1 still comes from a float Conv
     offences = graph_checks.check_tensorrt_ops(cpu).offences

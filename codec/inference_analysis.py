@@ -75,16 +75,7 @@ def space_to_depth_conv(conv: nn.Conv2d) -> nn.Conv2d:
 
 def foldable(image) -> bool:
     """Every GDN diagonal with all γ > 0 (a zero γ would make the fold divide by zero)."""
-    return all(g.is_diagonal() and not g.inverse and bool((_gamma(g) > 0).all()) for g in image.gdns)
-
-
-def _gamma(gdn):
-    c = gdn.gamma_param.shape[0]
-    return gdn.gamma_param.detach().reshape(-1)[:: c + 1].square()
-
-
-def _beta(gdn):
-    return gdn.beta_param.detach().square() + 1e-6
+    return all(g.is_diagonal() and not g.inverse and bool((g.gamma_diagonal() > 0).all()) for g in image.gdns)
 
 
 class InferenceImageAnalysis(nn.Module):
@@ -98,7 +89,7 @@ class InferenceImageAnalysis(nn.Module):
         self.films = image.films
         with torch.no_grad():
             for i, gdn in enumerate(image.gdns):
-                gamma, beta = _gamma(gdn), _beta(gdn)
+                gamma, beta = gdn.gamma_diagonal(), gdn.beta()
                 convs[i].weight.mul_((gamma / beta).view(-1, 1, 1, 1))
                 convs[i].bias.mul_(gamma / beta)
                 convs[i + 1].weight.div_(gamma.view(1, -1, 1, 1))

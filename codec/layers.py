@@ -46,11 +46,17 @@ class SimplifiedGDN(nn.Module):
         self.elementwise = self.is_diagonal()
         return self.elementwise
 
+    def beta(self):
+        return self.beta_param.square() + 1e-6
+
+    def gamma_diagonal(self):
+        """Γ's diagonal (C,): every (C+1)-th entry of the flattened matrix (a slice ONNX export keeps)."""
+        return self.gamma_param.reshape(-1)[:: self.gamma_param.shape[0] + 1].square()
+
     def forward(self, x):
-        beta = self.beta_param.square() + 1e-6
+        beta = self.beta()
         if self.elementwise:
-            gamma = self.gamma_param.reshape(-1)[:: self.gamma_param.shape[0] + 1].square()   # the diagonal
-            norm = torch.addcmul(beta.view(1, -1, 1, 1), gamma.view(1, -1, 1, 1), x.abs())
+            norm = torch.addcmul(beta.view(1, -1, 1, 1), self.gamma_diagonal().view(1, -1, 1, 1), x.abs())
         else:
             norm = F.conv2d(x.abs(), self.gamma_param.square(), beta)
         return x * norm if self.inverse else x / norm

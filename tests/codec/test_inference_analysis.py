@@ -4,11 +4,11 @@ import onnx
 import pytest
 import torch
 
+from codec.inference_analysis import (InferenceImageAnalysis, _SpaceToDepth, foldable, inference_image_analysis,
+                                      space_to_depth_conv)
 from codec.layers import use_elementwise_gdns
 from codec.model import ModelConfig, NestedLatentCodec
 from codec.onnx_export import OrtTransforms, export_analysis
-from codec.inference_analysis import (InferenceImageAnalysis, _SpaceToDepth, foldable, inference_image_analysis,
-                                      space_to_depth_conv)
 from tests.conftest import synthetic_image
 
 SMALL = {"levels": 2, "channels": 8, "latent_channels": 8, "prior_channels": 8}

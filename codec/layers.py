@@ -30,6 +30,7 @@ class SimplifiedGDN(nn.Module):
         how many were lifted (Γ changes by at most PEDESTAL² per entry)."""
         stuck = self.gamma_param == 0
         self.gamma_param[stuck] = self.PEDESTAL
+        self.elementwise = self.elementwise and not stuck.any()   # Γ is no longer diagonal
         return int(stuck.sum())
 
     def is_diagonal(self) -> bool:

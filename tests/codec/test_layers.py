@@ -40,3 +40,12 @@ def test_use_elementwise_gdns_counts_the_switched_layers():
     net = torch.nn.Sequential(diagonal_gdn(seed=1), SimplifiedGDN(6), diagonal_gdn(inverse=True, seed=2))
     assert use_elementwise_gdns(net) == 2
     assert [m.elementwise for m in net] == [True, False, True]
+
+
+def test_lifting_stuck_zeros_switches_back_to_the_convolution():
+    gdn = diagonal_gdn()
+    assert gdn.use_elementwise_if_diagonal()
+    assert gdn.lift_stuck_zeros() == 30 and not gdn.elementwise   # the lifted off-diagonal now counts
+    x = torch.randn(1, 6, 4, 4)
+    expected = x / torch.nn.functional.conv2d(x.abs(), gdn.gamma_param.square(), gdn.beta())
+    torch.testing.assert_close(gdn(x), expected)

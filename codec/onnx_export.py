@@ -60,6 +60,21 @@ def export_analysis(net, out_dir) -> tuple[Path, Path]:
     return image_path, latent_path
 
 
+def session_options(ort, threads: int = 0):
+    """Session options for the encoder graphs on the CPU provider.
+
+    Spinning off: the image and latent sessions each keep a pool of intra-op threads, and with spinning on
+    (ONNX Runtime's default) one pool's idle threads spin on the cores the other needs. Measured on 2
+    threads (session 6, INT8 CPU graph, blade frames): image analysis 0.225 -> 0.163 s/MP, latent chain
+    0.049 -> 0.013 s/MP; one thread is unaffected (no pool).
+    """
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 class OrtTransforms:
     """The analysis through ONNX Runtime sessions (CPU or CUDA provider), same interface as TorchTransforms."""
 
@@ -72,9 +87,7 @@ class OrtTransforms:
     def from_files(cls, image_path, latent_path, lam: float, providers=("CPUExecutionProvider",), threads=0):
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
+        opts = session_options(ort, threads)
         make = lambda p: ort.InferenceSession(str(p), opts, providers=list(providers))
         return cls(make(image_path), make(latent_path), lam)
 

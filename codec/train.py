@@ -72,6 +72,9 @@ class TrainConfig:
     distill_recon: float = 0.5     # weight (times λ) of MSE between student and teacher reconstructions
     ema: float = 0.0               # decay of a moving average of the weights that validation measures and
                                    # every export takes (0: off, the raw weights)
+    lambda_weight_power: float = 0.0   # each sample's loss times (λ_mid/λ)^p, λ_mid the range's geometric mean:
+                                       # p > 0 gives low-λ samples, whose losses are an order of magnitude smaller,
+                                       # a larger share of the gradient (0: plain mean)
 
     @classmethod
     def from_yaml(cls, path):
@@ -115,9 +118,18 @@ def sample_lambdas(rng: np.random.Generator, n: int, lo: float, hi: float) -> to
     return torch.from_numpy(np.exp(rng.uniform(math.log(lo), math.log(hi), n))).float()
 
 
-def rd_loss(out, x, lam):
+def lambda_weights(lam: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """(λ_mid/λ)^p per sample; all ones when p is 0."""
+    mid = math.sqrt(cfg.lambda_min * cfg.lambda_max)
+    return (mid / lam).pow(cfg.lambda_weight_power)
+
+
+def rd_loss(out, x, lam, weights=None):
+    """(weighted mean of bpp + λ·MSE, mean bpp, mean MSE); weights per sample (default: a plain mean)."""
     mse = (out["x_hat"] - x).square().mean(dim=(1, 2, 3))
-    return (out["bpp"] + lam * mse).mean(), out["bpp"].mean(), mse.mean()
+    per_sample = out["bpp"] + lam * mse
+    loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
+    return loss, out["bpp"].mean(), mse.mean()
 
 
 class Distiller:
@@ -387,7 +399,7 @@ def train(cfg: TrainConfig):
             distiller.begin()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             out = forward(x, lam, bound=cfg.bound)
-        loss, bpp, mse = rd_loss(out, x, lam)
+        loss, bpp, mse = rd_loss(out, x, lam, lambda_weights(lam, cfg))
         align = recon = 0.0
         if distiller:
             extra, align, recon = distiller(x, lam, out)

@@ -44,9 +44,8 @@ def open_session(ort, path, providers: list, threads: int = 0):
     path = Path(path)
     if not path.is_file():
         raise BackendError(f"{path}: no such ONNX file")
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
+    from codec.onnx_export import session_options
+    opts = session_options(ort, threads)
     try:
         return ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)

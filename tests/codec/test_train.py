@@ -216,3 +216,19 @@ def test_learning_rate_warms_up_holds_and_decays_from_decay_start():
     assert learning_rate(cfg, 1000) == learning_rate(cfg, 5000) == pytest.approx(1e-5)
     plain = TrainConfig(lr=1e-4, lr_end=1e-5, warmup=10, steps=1010)
     assert learning_rate(plain, 510) == pytest.approx(5.5e-5)   # without decay_start: a cosine after warm-up
+
+
+def test_lambda_weighting_favours_low_lambdas_and_off_is_a_plain_mean(tmp_path, folders):
+    from codec.train import lambda_weights, rd_loss
+    lam = torch.tensor([64.0, 724.0, 8192.0])
+    assert torch.equal(lambda_weights(lam, TrainConfig()), torch.ones(3))
+    w = lambda_weights(lam, TrainConfig(lambda_weight_power=0.5))
+    mid = (64.0 * 8192.0) ** 0.5
+    assert w.tolist() == pytest.approx([(mid / 64) ** 0.5, (mid / 724) ** 0.5, (mid / 8192) ** 0.5])
+    x = torch.rand(3, 3, 8, 8)
+    out = {"x_hat": x + 0.1 * torch.rand_like(x), "bpp": torch.tensor([0.2, 0.5, 1.5])}
+    per_sample = out["bpp"] + lam * (out["x_hat"] - x).square().mean(dim=(1, 2, 3))
+    assert rd_loss(out, x, lam)[0] == pytest.approx(per_sample.mean().item())
+    assert rd_loss(out, x, lam, w)[0] == pytest.approx((per_sample * w).mean().item())
+    train(TrainConfig(**config(tmp_path, folders, steps=2, lambda_weight_power=0.5, val_coded=False)))
+    assert "step 2" in (tmp_path / "run" / "train.log").read_text()

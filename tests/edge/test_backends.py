@@ -53,6 +53,15 @@ def test_every_backend_decodes_on_the_ground(tiny_model, graphs, kind):
     assert ok, detail
 
 
+def test_cpu_sessions_do_not_spin_between_runs(tiny_model, graphs):
+    """The image and latent sessions alternate; a spinning pool would take the cores the other needs."""
+    backend = OnnxRuntimeBackend(tiny_model, onnx=graphs["int8"], providers="cpu", threads=2)
+    for session in (backend.image_session, backend.latent_session):
+        opts = session.get_session_options()
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert opts.intra_op_num_threads == 2
+
+
 def test_fallback_skips_tensorrt_and_logs_the_choice(tiny_model, graphs, caplog):
     caplog.set_level(logging.INFO, logger="edge.backends")
     backend = select_backend(tiny_model, onnx=graphs["fp32"], providers="cpu")

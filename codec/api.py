@@ -57,14 +57,15 @@ def _assemble(geometry: TileGeometry, channels: int, tiles_zq) -> list:
     return full
 
 
-def encode_latents(model: CodecModel, ys, geometry: TileGeometry, threads: int = 1, keep_latents=False):
-    """Entropy-code continuous latents tile by tile.
+def encode_latents(model: CodecModel, ys, geometry: TileGeometry, lambda_index: int, threads: int = 1,
+                   keep_latents=False):
+    """Entropy-code continuous latents tile by tile, with the priors of this λ index.
 
     Returns (payloads, ideal bits, symbol count, integer latents per level or None).
     """
     def one(regions):
         tile_ys = [y[:, rs, cs] for y, (rs, cs) in zip(ys, regions)]
-        payload, values, tables, zq = latent_coding.encode(tile_ys, model)
+        payload, values, tables, zq = latent_coding.encode(tile_ys, model, lambda_index)
         bits = rans.ideal_bits(values, tables, model.tables["cdfs"], model.tables["lengths"],
                                model.tables["offsets"])
         return payload, bits, values.size, zq if keep_latents else None
@@ -105,7 +106,7 @@ def compress_latents(model: CodecModel, ys, photo: Photo, lambda_index: int, til
     expected = [(model.cfg.latent_channels, h, w) for h, w in geometry.level_sizes()]
     if [tuple(y.shape) for y in ys] != expected:
         raise CodecError(f"latent shapes {[tuple(y.shape) for y in ys]} do not match the image ({expected})")
-    payloads, bits, symbols, latents = encode_latents(model, ys, geometry, threads, keep_latents)
+    payloads, bits, symbols, latents = encode_latents(model, ys, geometry, lambda_index, threads, keep_latents)
     header = container.Header(model.cfg.levels, lambda_index, model.model_id, geometry.width, geometry.height,
                               tile_px, *geometry.grid)
     meta = {container.META_EXIF: photo.exif, container.META_XMP: photo.xmp}
@@ -131,7 +132,7 @@ def decode_latents(model: CodecModel, c: container.Container, threads: int = 1):
         index, regions = args
         shapes = [(C, rs.stop - rs.start, cs.stop - cs.start) for rs, cs in regions]
         try:
-            return latent_coding.decode(c.tiles[index], shapes, model)
+            return latent_coding.decode(c.tiles[index], shapes, model, h.lambda_index)
         except BitstreamError as e:
             raise BitstreamError(f"tile {index}: {e}") from None
 

@@ -17,6 +17,7 @@ from .data import list_images, spread
 from .errors import CodecError
 from .imageio import read_rgb
 from .integer_prior import convert
+from .lambdas import index_of_lambda
 from .model import NestedLatentCodec, scale_table
 from .runtime import TOP_INDEX_KEY, CodecModel, prior_prefix
 from .train import PROJECT_ROOT, load_float
@@ -50,9 +51,9 @@ def prior_inputs(net: NestedLatentCodec, images) -> list:
     for x in images:
         for lam in CALIBRATION_LAMBDAS:
             ys = net.analysis(x, torch.tensor([lam]))
-            z_hat, _ = net.top_down(ys, noisy=False)
+            z_hat, _ = net.top_down(ys, noisy=False, lam=torch.tensor([lam]))
             for level in range(len(net.priors)):
-                inputs[level].append(z_hat[level + 1])
+                inputs[level].append((z_hat[level + 1], lam))
     return inputs
 
 
@@ -65,7 +66,8 @@ def build_model_arrays(net: NestedLatentCodec, images) -> dict:
     # The float weights are stored as float16: calibrate what the decoder will actually load.
     net.load_state_dict(weights.float_state_dict(arrays))
     for level, inputs in enumerate(prior_inputs(net, images)):
-        prior = convert(net.priors[level], inputs, cfg.mean_grid, cfg.num_scales)
+        prior_lambda = net.prior_lambda[level] if net.prior_lambda is not None else None
+        prior = convert(net.priors[level], inputs, cfg.mean_grid, cfg.num_scales, prior_lambda)
         prior.check_bounds()
         arrays.update(prior.arrays(prior_prefix(level)))
     if net.top_prior is not None:
@@ -88,7 +90,7 @@ def exactness_cost(model: CodecModel, images, lambdas=(64.0, 1024.0, 8192.0)) ->
             out = net(x, torch.tensor([lam]), noisy=False)
             float_bits += float(sum(b.sum() for b in out["bits"]))
             ys = [y[0].numpy() for y in out["ys"]]
-            values, tables, _ = quantise(ys, model)
+            values, tables, _ = quantise(ys, model, index_of_lambda(lam))
             int_bits += rans.ideal_bits(values, tables, model.tables["cdfs"], model.tables["lengths"],
                                         model.tables["offsets"])
     return {"float_bits": round(float_bits), "integer_bits": round(int_bits),

@@ -13,6 +13,10 @@ Two exact ways to run a convolution, giving the same integers:
   against the older 12-bit layers is +0.01 % of the bits. The first layer's input, the decoded latent
   (|zq| < 2**15), goes through as two bytes (BytePlaneConv).
 
+λ-conditioned priors (ModelConfig.prior_lambda): each layer's bias is a table with one row per λ index
+(the float PriorLambda shifts at the grid's λ values, folded into the bias), and the decoder picks the row
+of the λ index in the header, so the priors stay integer-exact.
+
 Bounds: |weight| <= 2047 (63 now), 0 <= activation <= act_max (4095 in older models, 255 now),
 |input| <= 2**15, at most 2048 taps per output: |accumulator| < 2**37, and accumulator * multiplier (< 2**20)
 < 2**57 fits int64.
@@ -24,6 +28,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import int8_gemm
+from .lambdas import GRID_SIZE, lambda_of_index
 
 ACT_MAX = 4095     # the hidden activations' ceiling in models from before the 8-bit layers
 INPUT_MAX = 1 << 15
@@ -160,12 +165,23 @@ class IntegerPrior:
             return conv2d_int8(np.pad(h.transpose(1, 2, 0).astype(np.uint8), ((1, 1), (1, 1), (0, 0))), fast, 3)
         return conv2d_exact(h.astype(np.float64), w.astype(np.float64), pad=1)
 
-    def __call__(self, zq: np.ndarray, out_hw) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def lambda_conditioned(self) -> bool:
+        return self.layers[0]["b"].ndim == 2
+
+    def _bias(self, layer: dict, lambda_index) -> np.ndarray:
+        if layer["b"].ndim == 1:
+            return layer["b"]
+        if lambda_index is None:
+            raise ValueError("this prior is conditioned on λ: it needs the λ index")
+        return layer["b"][lambda_index]
+
+    def __call__(self, zq: np.ndarray, out_hw, lambda_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         h = np.clip(zq, -INPUT_MAX, INPUT_MAX)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             lo, hi = (0, self.act_max) if i < last else (-MEAN_MAX, MEAN_MAX)
-            h = requantise(self._conv(i, h), layer["b"], layer["mult"], layer["shift"], lo, hi)
+            h = requantise(self._conv(i, h), self._bias(layer, lambda_index), layer["mult"], layer["shift"], lo, hi)
         q = h[:, : out_hw[0], : out_hw[1]]
         c = q.shape[0] // 2
         index = np.clip(q[:c], 0, self.num_scales - 1).astype(np.int32)
@@ -180,7 +196,8 @@ class IntegerPrior:
             w = np.abs(layer["w"].astype(np.int64))
             out_axis = 1 if i == 0 else 0
             per_out = np.moveaxis(w, out_axis, 0).reshape(w.shape[out_axis], -1).sum(axis=1)
-            bound = per_out * in_max + np.abs(layer["b"])
+            b = np.abs(layer["b"].astype(np.int64))
+            bound = per_out * in_max + (b.max(axis=0) if b.ndim == 2 else b)
             if bound.max() >= ACC_LIMIT or layer["mult"].max() >= (1 << MULT_BITS) or layer["shift"].min() < 1:
                 raise ValueError(f"integer prior layer {i} can leave the exact range")
             in_max = self.act_max
@@ -200,6 +217,9 @@ class IntegerPrior:
             i += 1
         if not layers:
             raise ValueError(f"model has no integer prior under {prefix}")
+        if len({layer["b"].ndim for layer in layers}) != 1 or layers[0]["b"].ndim == 2 and \
+                any(layer["b"].shape[0] != GRID_SIZE for layer in layers):
+            raise ValueError(f"integer prior under {prefix}: bias tables must all have {GRID_SIZE} λ rows or none")
         act_max = int(arrays.get(f"{prefix}act_max", ACT_MAX))   # older models: no key, 12-bit activations
         prior = cls(layers, num_scales, act_max, int8)
         prior.check_bounds()
@@ -219,10 +239,22 @@ def _multiplier(ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mult, shift
 
 
-def convert(prior_net, calibration_inputs, mean_grid: int, num_scales: int) -> IntegerPrior:
+def _shift_tables(prior_lambda) -> list:
+    """Per layer, the PriorLambda shifts at every grid λ: (GRID_SIZE, width) float64; [] without them."""
+    import torch
+
+    if prior_lambda is None:
+        return []
+    with torch.no_grad():
+        lam = torch.tensor([lambda_of_index(i) for i in range(GRID_SIZE)], dtype=torch.float64)
+        return [s[:, :, 0, 0].double().numpy() for s in prior_lambda(lam)]
+
+
+def convert(prior_net, calibration_inputs, mean_grid: int, num_scales: int, prior_lambda=None) -> IntegerPrior:
     """Convert a trained float PriorNet using decoded latents from real images to set activation ranges.
 
-    calibration_inputs: list of float tensors z_{l+1} (1,C,h,w) as the decoder sees them.
+    calibration_inputs: list of (z_{l+1} float tensor (1,C,h,w) as the decoder sees it, λ).
+    prior_lambda: the PriorNet's PriorLambda for λ-conditioned models (bias tables per λ index), or None.
     """
     import torch
     import torch.nn.functional as F
@@ -230,11 +262,13 @@ def convert(prior_net, calibration_inputs, mean_grid: int, num_scales: int) -> I
     convs = list(prior_net.layers)
     act_max = [0.0] * (len(convs) - 1)
     with torch.no_grad():
-        for z in calibration_inputs:
+        for z, lam in calibration_inputs:
+            shifts = prior_lambda(torch.tensor([float(lam)])) if prior_lambda is not None else [0.0] * len(convs)
             h = z
             for i, conv in enumerate(convs[:-1]):
-                h = F.relu(conv(h))
+                h = F.relu(conv(h) + shifts[i])
                 act_max[i] = max(act_max[i], float(h.max()))
+    shift_tables = _shift_tables(prior_lambda)
     in_scale = 1.0 / mean_grid
     layers = []
     for i, conv in enumerate(convs):
@@ -246,7 +280,11 @@ def convert(prior_net, calibration_inputs, mean_grid: int, num_scales: int) -> I
         shape = [1] * 4
         shape[out_axis] = -1
         w_int = np.round(w / w_scale.reshape(shape)).astype(np.int16)
+        if shift_tables:   # one bias row per λ index
+            b = b[None, :] + shift_tables[i]
         b_int = np.round(b / (w_scale * in_scale)).astype(np.int64)
+        if b_int.ndim == 2 and np.abs(b_int).max() < 2 ** 31:
+            b_int = b_int.astype(np.int32)   # half the file size of the 256-row tables
         if i < len(convs) - 1:
             out_scale = np.full_like(w_scale, max(act_max[i], 1e-6) / int8_gemm.ACT_MAX)
         else:

@@ -20,8 +20,9 @@ def _round(y: np.ndarray) -> np.ndarray:
     return np.clip(np.floor(y.astype(np.float64) + 0.5), -VALUE_LIMIT, VALUE_LIMIT).astype(np.int64)
 
 
-def quantise(ys, model):
+def quantise(ys, model, lambda_index: int):
     """ys: list of (C,h,w) float arrays, level 1 first. Returns (values, tables, zq per level).
+    lambda_index: the header's λ index (λ-conditioned priors pick their bias row with it).
 
     values and tables are in decoding order: level L first, then L-1, ..., 1.
     """
@@ -33,7 +34,7 @@ def quantise(ys, model):
     tables = [model.top_tables(top.shape)]
     for level in range(levels - 2, -1, -1):
         y = ys[level]
-        index, mean_q = model.priors[level](zq[level + 1], y.shape[-2:])
+        index, mean_q = model.priors[level](zq[level + 1], y.shape[-2:], lambda_index)
         residual = _round(y - mean_q / mean_grid)
         zq[level] = residual * mean_grid + mean_q
         values.append(residual.ravel())
@@ -41,14 +42,14 @@ def quantise(ys, model):
     return np.concatenate(values).astype(np.int32), np.concatenate(tables).astype(np.int32), zq
 
 
-def encode(ys, model):
-    values, table_idx, zq = quantise(ys, model)
+def encode(ys, model, lambda_index: int):
+    values, table_idx, zq = quantise(ys, model, lambda_index)
     t = model.tables
     words = rans.encode(values, table_idx, t["cdfs"], t["lengths"], t["offsets"])
     return words.astype("<u4").tobytes(), values, table_idx, zq
 
 
-def decode(payload: bytes, shapes, model):
+def decode(payload: bytes, shapes, model, lambda_index: int):
     """shapes: (C,h,w) per level, level 1 first. Returns zq per level (int64)."""
     if len(payload) % 4:
         raise BitstreamError("entropy-coded tile length is not a multiple of 4 bytes")
@@ -65,7 +66,7 @@ def decode(payload: bytes, shapes, model):
     zq[-1] = out.reshape(top_shape).astype(np.int64) * mean_grid
     for level in range(levels - 2, -1, -1):
         shape = shapes[level]
-        index, mean_q = model.priors[level](zq[level + 1], shape[-2:])
+        index, mean_q = model.priors[level](zq[level + 1], shape[-2:], lambda_index)
         out = np.empty(index.size, np.int32)
         _decode_into(words, state, index.ravel(), args, out)
         zq[level] = out.reshape(shape).astype(np.int64) * mean_grid + mean_q

@@ -108,7 +108,7 @@ def make_quantiser(cfg: RefineConfig, tau: float, generator=None):
 
 def objective(net, ys, x, lam: torch.Tensor, quantiser):
     """(loss, bpp, mse) of latents ys for image x under the given quantiser."""
-    z_hat, likelihoods = net.top_down(ys, quantiser=quantiser)
+    z_hat, likelihoods = net.top_down(ys, quantiser=quantiser, lam=lam)
     x_hat = net.synthesis(z_hat[0], lam)
     bits = sum(-(lk.log().sum()) / LOG2 for lk in likelihoods)
     bpp = bits / (x.shape[-2] * x.shape[-1])

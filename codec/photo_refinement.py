@@ -109,7 +109,7 @@ def refine_by_tiles(net, x, lam: float, cfg: RefineConfig, ys, g: TileGeometry, 
     with torch.no_grad():   # every tile's decoded z1 as the coder will see it: the neighbours' context
         z1 = torch.zeros_like(ys[0])
         for regions in tiles:
-            _put(z1, regions[0], _decoded_z1(net, ys, regions))
+            _put(z1, regions[0], _decoded_z1(net, ys, regions, lam_t))
     start, total = time.monotonic(), 0
     area_left = float(g.h1 * g.w1)
     for regions in tiles:
@@ -127,13 +127,13 @@ def refine_by_tiles(net, x, lam: float, cfg: RefineConfig, ys, g: TileGeometry, 
         with torch.no_grad():
             for y, p, (r, c) in zip(ys, params, regions):
                 y[:, :, r, c] = p
-            _put(z1, regions[0], _decoded_z1(net, ys, regions))
+            _put(z1, regions[0], _decoded_z1(net, ys, regions, lam_t))
     return ys, total
 
 
-def _decoded_z1(net, ys, regions):
+def _decoded_z1(net, ys, regions, lam_t):
     tile_ys = [y[:, :, r, c] for y, (r, c) in zip(ys, regions)]
-    return net.top_down(tile_ys, quantiser=rounding_quantiser)[0][0]
+    return net.top_down(tile_ys, quantiser=rounding_quantiser, lam=lam_t)[0][0]
 
 
 def _put(z1, region, value):
@@ -156,7 +156,7 @@ def _tile_objective(net, params, x, lam_t, z1, region, g: TileGeometry):
     crop = (slice((l_r0 - w_r0) * STRIDE, (l_r1 - w_r0) * STRIDE), slice((l_c0 - w_c0) * STRIDE, (l_c1 - w_c0) * STRIDE))
 
     def loss_of(quantiser):
-        z_hat, likelihoods = net.top_down(params, quantiser=quantiser)
+        z_hat, likelihoods = net.top_down(params, quantiser=quantiser, lam=lam_t)
         window = z1[:, :, w_r0:w_r1, w_c0:w_c1].clone()
         window[:, :, tile_in_window[0], tile_in_window[1]] = z_hat[0]
         x_hat = net.synthesis(window, lam_t)[:, :, crop[0], crop[1]]

@@ -303,13 +303,18 @@ def restore(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
     return step, best, saved_average
 
 
-ADDED_PARAMETERS = ("top_prior.index_param",)   # newer than some checkpoints: they start at their init
+ADDED_PARAMETERS = ("top_prior.index_param", "prior_lambda.")   # newer than some checkpoints (names, or
+                                                                   # prefixes ending in "."): start at their init
+
+
+def added(name: str) -> bool:
+    return any(name == a or a.endswith(".") and name.startswith(a) for a in ADDED_PARAMETERS)
 
 
 def load_weights(model, state: dict) -> list:
     """Weights saved by this model or by an older version of it; returns the parameters the file lacked."""
     missing, unexpected = model.load_state_dict(state, strict=False)
-    misfits = [k for k in missing if k not in ADDED_PARAMETERS] + list(unexpected)
+    misfits = [k for k in missing if not added(k)] + list(unexpected)
     if misfits:
         raise CodecError(f"the weights do not fit the configured model: {', '.join(misfits[:4])}")
     if missing:
@@ -333,7 +338,7 @@ def restore_average(cfg: TrainConfig, model, saved):
         return None
     average = WeightAverage(model, cfg.ema)
     if saved:
-        average.model.load_state_dict(saved)
+        load_weights(average.model, saved)   # added parameters keep the model's (initial) values
     else:
         log.info("weight average (decay %g) starts at the current weights", cfg.ema)
     return average

@@ -47,8 +47,9 @@ def default_model():
     return CodecModel.load()
 
 
-def build_tiny_model(path, levels: int = 3, top_prior: str = "gaussian"):
-    """A small, untrained (random) model exported with the real export code: fast enough for fuzzing."""
+def build_tiny_model(path, levels: int = 3, top_prior: str = "gaussian", prior_lambda: bool = False):
+    """A small, untrained (random) model exported with the real export code: fast enough for fuzzing.
+    prior_lambda: priors conditioned on λ, with random (not zero) shifts so that λ changes them."""
     from codec import weights
     from codec.export_model import build_model_arrays
     from codec.model import ModelConfig, NestedLatentCodec
@@ -56,8 +57,12 @@ def build_tiny_model(path, levels: int = 3, top_prior: str = "gaussian"):
 
     torch.manual_seed(0)
     net = NestedLatentCodec(ModelConfig(levels=levels, channels=16, latent_channels=8, prior_channels=8,
-                                        top_prior=top_prior))
+                                        top_prior=top_prior, prior_lambda=prior_lambda))
     net.eval()
+    if prior_lambda:
+        with torch.no_grad():
+            for p in net.prior_lambda.parameters():
+                p.normal_(0.0, 0.5)
     images = [torch.from_numpy(synthetic_image(64, 96, s).transpose(2, 0, 1).copy()).float().div(255)[None]
               for s in range(3)]
     weights.save_arrays(path, build_model_arrays(net, images), {"config": net.cfg.to_dict()})

@@ -42,7 +42,7 @@ def ceiling(net, pixels: np.ndarray, lam: float) -> tuple[float, float]:
     x = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).float().div(255)[None]
     lam_t = torch.tensor([float(lam)])
     ys = net.analysis(x, lam_t)
-    z_hat, _ = net.top_down(ys)
+    z_hat, _ = net.top_down(ys, lam=lam_t)
     unquantised, rounded = net.synthesis(ys[0], lam_t), net.synthesis(z_hat[0], lam_t)
     return psnr(pixels, _picture(unquantised)), psnr(pixels, _picture(rounded))
 

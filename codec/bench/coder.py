@@ -18,18 +18,20 @@ from ..transforms import TorchTransforms
 
 
 def photo_symbols(model: CodecModel, paths, lambdas=(64, 1024, 8192)):
-    """(values, tables, decoded latents, megapixels) of every photo at every λ, as the encoder codes them."""
+    """(values, tables, (decoded latents, λ index) pairs, megapixels) of every photo at every λ, as the encoder
+    codes them."""
     values, tables, latents, mp = [], [], [], 0.0
     for path in paths:
         pixels = read_rgb(path)
         g = TileGeometry(pixels.shape[1], pixels.shape[0], 4096, model.cfg.levels)
         for lam in lambdas:
-            t = TorchTransforms(model.torch_model, lambda_of_index(index_of_lambda(lam)))
+            index = index_of_lambda(lam)
+            t = TorchTransforms(model.torch_model, lambda_of_index(index))
             ys = analyse(t.image, t.latent, pixels, g)
-            v, tb, zq = quantise(ys, model)
+            v, tb, zq = quantise(ys, model, index)
             values.append(v)
             tables.append(tb)
-            latents.append(zq)
+            latents.append((zq, index))
             mp += pixels.shape[0] * pixels.shape[1] / 1e6
     return np.concatenate(values), np.concatenate(tables), latents, mp
 
@@ -51,9 +53,9 @@ def prior_speed(model: CodecModel, latents, megapixels: float) -> dict:
 
 def _run_priors(priors, latents) -> list:
     out = []
-    for zq in latents:
+    for zq, index in latents:
         for level, prior in enumerate(priors):
-            out.extend(prior(zq[level + 1], zq[level].shape[-2:]))
+            out.extend(prior(zq[level + 1], zq[level].shape[-2:], index))
     return out
 
 

@@ -6,8 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from codec import api
+from codec.imageio import Photo
 from codec.integer_prior import BytePlaneConv, IntegerPrior, conv2d_exact, conv_transpose2x_exact
-from tests.conftest import PROJECT_ROOT, synthetic_image
+from codec.lambdas import GRID_SIZE, index_of_lambda, lambda_of_index
+from tests.conftest import PROJECT_ROOT, build_tiny_model, synthetic_image
 
 
 def _ints(shape, lo, hi, seed):
@@ -72,20 +75,63 @@ def test_models_with_12_bit_layers_keep_the_reference_path(tiny_model):
         np.testing.assert_array_equal(got, want)
 
 
-def test_integer_prior_follows_the_float_prior(tiny_model):
+def assert_follows_the_float_prior(model, lam_index: int):
     """Converted after training: scale indices within one step of the float network's, means close."""
-    net = tiny_model.torch_model
+    net = model.torch_model
     x = torch.from_numpy(synthetic_image(96, 128, seed=9).transpose(2, 0, 1).copy()).float().div(255)[None]
-    lam = torch.tensor([512.0])
+    lam = torch.tensor([lambda_of_index(lam_index)])
     with torch.no_grad():
         ys = net.analysis(x, lam)
-        z_hat, _ = net.top_down(ys, noisy=False)
-        u, mean = net.priors[0](z_hat[1], ys[0].shape[-2:])
-    grid = tiny_model.cfg.mean_grid
-    index, mean_q = tiny_model.priors[0]((z_hat[1][0].numpy() * grid).round().astype(np.int64), ys[0].shape[-2:])
-    u_ref = np.clip(np.round(u[0].numpy()), 0, tiny_model.cfg.num_scales - 1)
+        z_hat, _ = net.top_down(ys, noisy=False, lam=lam)
+        u, mean = net.priors[0](z_hat[1], ys[0].shape[-2:], net.prior_shifts(0, lam))
+    grid = model.cfg.mean_grid
+    z = (z_hat[1][0].numpy() * grid).round().astype(np.int64)
+    index, mean_q = model.priors[0](z, ys[0].shape[-2:], lam_index)
+    u_ref = np.clip(np.round(u[0].numpy()), 0, model.cfg.num_scales - 1)
     assert np.mean(np.abs(index - u_ref) <= 1) > 0.99
     assert np.abs(mean_q / grid - mean[0].numpy()).max() <= 1.0 / grid
+
+
+def test_integer_prior_follows_the_float_prior(tiny_model):
+    assert_follows_the_float_prior(tiny_model, index_of_lambda(512.0))
+
+
+@pytest.fixture(scope="module")
+def lambda_model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_lambda") / "tiny.npz", prior_lambda=True)
+
+
+@pytest.mark.parametrize("lam", [64.0, 700.0, 8192.0])
+def test_lambda_conditioned_priors_follow_the_float_prior_at_every_rate(lambda_model, lam):
+    assert all(p.lambda_conditioned for p in lambda_model.priors)
+    assert_follows_the_float_prior(lambda_model, index_of_lambda(lam))
+
+
+def test_lambda_conditioned_priors_take_their_row_from_the_index_and_need_it(lambda_model, tiny_model):
+    prior = lambda_model.priors[0]
+    assert prior.layers[0]["b"].shape == (GRID_SIZE, lambda_model.cfg.prior_channels)
+    z = np.random.default_rng(3).integers(-60, 60, (lambda_model.cfg.latent_channels, 4, 6))
+    low, high = prior(z, (8, 12), 0), prior(z, (8, 12), GRID_SIZE - 1)
+    assert not (np.array_equal(low[0], high[0]) and np.array_equal(low[1], high[1]))
+    with pytest.raises(ValueError, match="conditioned on λ: it needs the λ index"):
+        prior(z, (8, 12))
+    assert not tiny_model.priors[0].lambda_conditioned   # older models: one bias row, any index
+    np.testing.assert_array_equal(tiny_model.priors[0](z, (8, 12))[0], tiny_model.priors[0](z, (8, 12), 7)[0])
+
+
+def test_bias_tables_that_miss_lambda_rows_are_refused(lambda_model):
+    arrays = lambda_model.priors[0].arrays("p/")
+    arrays["p/1/b"] = arrays["p/1/b"][:10]
+    with pytest.raises(ValueError, match=f"bias tables must all have {GRID_SIZE} λ rows or none"):
+        IntegerPrior.from_arrays(arrays, "p/", lambda_model.cfg.num_scales)
+
+
+def test_lambda_conditioned_bitstreams_decode_to_the_encoders_latents(lambda_model):
+    photo = Photo(synthetic_image(100, 150, seed=1))
+    for index in (0, GRID_SIZE // 2, GRID_SIZE - 1):
+        enc = api.compress(lambda_model, photo, index, keep_latents=True)
+        decoded, _ = api.decode_latents(lambda_model, api.read_container(lambda_model, enc.data))
+        assert all(np.array_equal(a, b) for a, b in zip(decoded, enc.latents))
 
 
 def test_bounds_check_refuses_an_overflowing_layer(tiny_model):

@@ -61,3 +61,23 @@ def test_bf16_autocast_keeps_the_rate_and_the_distortion_in_float32(bound):
     assert (out["x_hat"] - ref["x_hat"]).abs().max() < 0.05
     (out["bpp"].mean() + (out["x_hat"] - x).square().mean()).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.analysis.parameters())
+
+
+def test_priors_conditioned_on_lambda_start_as_the_unconditioned_model_and_then_depend_on_it():
+    torch.manual_seed(0)
+    plain = NestedLatentCodec(ModelConfig(**SMALL))
+    conditioned = NestedLatentCodec(ModelConfig(**SMALL, prior_lambda=True))
+    missing, _ = conditioned.load_state_dict(plain.state_dict(), strict=False)
+    assert missing and all(k.startswith("prior_lambda.") for k in missing)
+    x, lam = torch.rand(1, 3, 64, 64), torch.tensor([300.0])
+    with torch.no_grad():
+        ys = plain.analysis(x, lam)
+        same = [torch.equal(a, b) for a, b in zip(plain.top_down(ys, lam=lam)[1], conditioned.top_down(ys, lam=lam)[1])]
+        assert all(same)   # zero shifts: the same likelihoods
+        with pytest.raises(ValueError, match="conditioned on λ: top_down needs lam"):
+            conditioned.top_down(ys)
+        for p in conditioned.prior_lambda.parameters():
+            p.normal_()
+        low = conditioned.top_down(ys, lam=torch.tensor([64.0]))[1][0]
+        high = conditioned.top_down(ys, lam=torch.tensor([8192.0]))[1][0]
+    assert not torch.equal(low, high)

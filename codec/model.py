@@ -196,6 +196,9 @@ class PriorLambda(nn.Module):
     bias table row per λ index (integer_prior.convert). Starts at zero: the same function as without.
     """
 
+    GAIN = 8.0   # Adam moves each weight ~lr per step whatever its gradient: at lr 1e-4 an ungained shift
+                 # would need thousands of steps to move a scale index by one
+
     def __init__(self, widths: list, hidden: int = 32):
         super().__init__()
         self.widths = list(widths)
@@ -206,7 +209,7 @@ class PriorLambda(nn.Module):
     def forward(self, lam) -> list:
         lam = lam if torch.is_tensor(lam) else torch.tensor([float(lam)])
         t = normalised_log_lambda(lam.float()).view(-1, 1)
-        return [s[:, :, None, None] for s in self.net(t).split(self.widths, dim=1)]
+        return [s[:, :, None, None] for s in (self.GAIN * self.net(t)).split(self.widths, dim=1)]
 
 
 class TopPrior(nn.Module):

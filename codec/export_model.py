@@ -17,7 +17,7 @@ from .data import list_images, spread
 from .errors import CodecError
 from .imageio import read_rgb
 from .integer_prior import convert
-from .lambdas import index_of_lambda
+from .lambdas import index_of_lambda, lambda_of_index
 from .model import NestedLatentCodec, scale_table
 from .runtime import TOP_INDEX_KEY, CodecModel, prior_prefix
 from .train import PROJECT_ROOT, load_float
@@ -86,11 +86,11 @@ def exactness_cost(model: CodecModel, images, lambdas=(64.0, 1024.0, 8192.0)) ->
     net = model.torch_model
     float_bits = int_bits = 0.0
     for x in images:
-        for lam in lambdas:
-            out = net(x, torch.tensor([lam]), noisy=False)
+        for index in map(index_of_lambda, lambdas):   # both paths at the grid λ the coder uses
+            out = net(x, torch.tensor([lambda_of_index(index)]), noisy=False)
             float_bits += float(sum(b.sum() for b in out["bits"]))
             ys = [y[0].numpy() for y in out["ys"]]
-            values, tables, _ = quantise(ys, model, index_of_lambda(lam))
+            values, tables, _ = quantise(ys, model, index)
             int_bits += rans.ideal_bits(values, tables, model.tables["cdfs"], model.tables["lengths"],
                                         model.tables["offsets"])
     return {"float_bits": round(float_bits), "integer_bits": round(int_bits),

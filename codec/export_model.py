@@ -11,15 +11,15 @@ import logging
 import numpy as np
 import torch
 
-from . import weights
+from . import spatial_context, weights
 from .cdf_tables import build_tables
 from .data import list_images, spread
 from .errors import CodecError
 from .imageio import read_rgb
 from .integer_prior import convert
 from .lambdas import index_of_lambda, lambda_of_index
-from .model import NestedLatentCodec, scale_table
-from .runtime import TOP_INDEX_KEY, CodecModel, prior_prefix
+from .model import NestedLatentCodec, anchor_mask, scale_table
+from .runtime import CONTEXT_PREFIX, TOP_INDEX_KEY, CodecModel, prior_prefix
 from .train import PROJECT_ROOT, load_float
 
 log = logging.getLogger("codec.export")
@@ -57,6 +57,18 @@ def prior_inputs(net: NestedLatentCodec, images) -> list:
     return inputs
 
 
+@torch.no_grad()
+def context_inputs(net: NestedLatentCodec, images) -> list:
+    """Decoded z1 at the anchors (the rest zeroed), as the spatial context sees it."""
+    inputs = []
+    for x in images:
+        for lam in CALIBRATION_LAMBDAS:
+            lam_t = torch.tensor([lam])
+            z1 = net.top_down(net.analysis(x, lam_t), noisy=False, lam=lam_t)[0][0]
+            inputs.append(z1 * anchor_mask(*z1.shape[-2:]))
+    return inputs
+
+
 def build_model_arrays(net: NestedLatentCodec, images) -> dict:
     cfg = net.cfg
     if net.top_prior is not None:   # the coder sees the rounded index: so does the float model
@@ -70,6 +82,9 @@ def build_model_arrays(net: NestedLatentCodec, images) -> dict:
         prior = convert(net.priors[level], inputs, cfg.mean_grid, cfg.num_scales, prior_lambda)
         prior.check_bounds()
         arrays.update(prior.arrays(prior_prefix(level)))
+    if net.context is not None:
+        arrays.update(spatial_context.convert(net.context, context_inputs(net, images), cfg.mean_grid)
+                      .arrays(CONTEXT_PREFIX))
     if net.top_prior is not None:
         arrays[TOP_INDEX_KEY] = index.numpy().astype(np.int32)
     for key, value in build_tables(scale_table(cfg)).items():

@@ -177,6 +177,12 @@ class IntegerPrior:
         return layer["b"][lambda_index]
 
     def __call__(self, zq: np.ndarray, out_hw, lambda_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        u, mean = self.outputs(zq, out_hw, lambda_index)
+        return np.clip(u, 0, self.num_scales - 1).astype(np.int32), mean
+
+    def outputs(self, zq: np.ndarray, out_hw, lambda_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scale index before it is clipped to the table, mean * mean_grid), int64: the spatial context
+        adds its corrections to these, as the float model does."""
         h = np.clip(zq, -INPUT_MAX, INPUT_MAX)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
@@ -184,8 +190,7 @@ class IntegerPrior:
             h = requantise(self._conv(i, h), self._bias(layer, lambda_index), layer["mult"], layer["shift"], lo, hi)
         q = h[:, : out_hw[0], : out_hw[1]]
         c = q.shape[0] // 2
-        index = np.clip(q[:c], 0, self.num_scales - 1).astype(np.int32)
-        return index, q[c:]
+        return q[:c], q[c:]
 
     def check_bounds(self) -> None:
         """Refuse a model whose worst-case accumulator could leave the exact range (see module doc)."""
@@ -272,25 +277,38 @@ def convert(prior_net, calibration_inputs, mean_grid: int, num_scales: int, prio
     in_scale = 1.0 / mean_grid
     layers = []
     for i, conv in enumerate(convs):
-        w = conv.weight.detach().double().numpy()
         b = conv.bias.detach().double().numpy()
-        out_axis = 1 if i == 0 else 0  # ConvTranspose2d stores (Cin, Cout, k, k)
-        wmax = np.abs(np.moveaxis(w, out_axis, 0)).reshape(w.shape[out_axis], -1).max(axis=1)
-        w_scale = np.where(wmax > 0, wmax / int8_gemm.WEIGHT_MAX, 1.0)
-        shape = [1] * 4
-        shape[out_axis] = -1
-        w_int = np.round(w / w_scale.reshape(shape)).astype(np.int16)
         if shift_tables:   # one bias row per λ index
             b = b[None, :] + shift_tables[i]
-        b_int = np.round(b / (w_scale * in_scale)).astype(np.int64)
-        if b_int.ndim == 2 and np.abs(b_int).max() < 2 ** 31:
-            b_int = b_int.astype(np.int32)   # half the file size of the 256-row tables
-        if i < len(convs) - 1:
-            out_scale = np.full_like(w_scale, max(act_max[i], 1e-6) / int8_gemm.ACT_MAX)
-        else:
-            c = w_scale.size // 2
-            out_scale = np.concatenate([np.ones(c), np.full(c, 1.0 / mean_grid)])
-        mult, shift = _multiplier(w_scale * in_scale / out_scale)
-        layers.append({"w": w_int, "b": b_int, "mult": mult, "shift": shift.astype(np.int8)})
-        in_scale = out_scale[0]
+        last = i == len(convs) - 1
+        out_scale = output_scales(conv.out_channels, mean_grid) if last else hidden_scale(act_max[i])
+        out_axis = 1 if i == 0 else 0  # ConvTranspose2d stores (Cin, Cout, k, k)
+        layers.append(integer_layer(conv.weight.detach().double().numpy(), b, out_axis, in_scale, out_scale))
+        in_scale = out_scale if not last else None
     return IntegerPrior(layers, num_scales, int8_gemm.ACT_MAX)
+
+
+def hidden_scale(act_max: float) -> float:
+    """A hidden layer's unit: its largest activation over the calibration set maps to the 8-bit ceiling."""
+    return max(act_max, 1e-6) / int8_gemm.ACT_MAX
+
+
+def output_scales(channels: int, mean_grid: int) -> np.ndarray:
+    """The last layer's outputs: scale indices in units of 1, then means in units of 1/mean_grid."""
+    c = channels // 2
+    return np.concatenate([np.ones(c), np.full(c, 1.0 / mean_grid)])
+
+
+def integer_layer(w: np.ndarray, b: np.ndarray, out_axis: int, in_scale: float, out_scale) -> dict:
+    """One float layer as integers: 7-bit weights per output channel, integer bias (a row per λ index when
+    b is 2-D) and the multiplier and shift that take the accumulator to the output's scale."""
+    wmax = np.abs(np.moveaxis(w, out_axis, 0)).reshape(w.shape[out_axis], -1).max(axis=1)
+    w_scale = np.where(wmax > 0, wmax / int8_gemm.WEIGHT_MAX, 1.0)
+    shape = [1] * w.ndim
+    shape[out_axis] = -1
+    w_int = np.round(w / w_scale.reshape(shape)).astype(np.int16)
+    b_int = np.round(b / (w_scale * in_scale)).astype(np.int64)
+    if b_int.ndim == 2 and np.abs(b_int).max() < 2 ** 31:
+        b_int = b_int.astype(np.int32)   # half the file size of the 256-row tables
+    mult, shift = _multiplier(w_scale * in_scale / np.broadcast_to(out_scale, w_scale.shape))
+    return {"w": w_int, "b": b_int, "mult": mult, "shift": shift.astype(np.int8)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import rans
+from . import rans, spatial_context
 from .errors import BitstreamError
 
 VALUE_LIMIT = 1 << 23  # residuals are clipped here; the escape code covers up to 2**24
@@ -34,12 +34,31 @@ def quantise(ys, model, lambda_index: int):
     tables = [model.top_tables(top.shape)]
     for level in range(levels - 2, -1, -1):
         y = ys[level]
+        if level == 0 and model.context is not None:
+            zq[0] = _quantise_checkerboard(y, zq[1], model, lambda_index, values, tables)
+            continue
         index, mean_q = model.priors[level](zq[level + 1], y.shape[-2:], lambda_index)
         residual = _round(y - mean_q / mean_grid)
         zq[level] = residual * mean_grid + mean_q
         values.append(residual.ravel())
         tables.append(index.ravel())
     return np.concatenate(values).astype(np.int32), np.concatenate(tables).astype(np.int32), zq
+
+
+def _quantise_checkerboard(y, zq_above, model, lambda_index, values, tables):
+    """z1 in two halves (spatial_context.py): anchors with the prior alone, then the rest with the
+    context's corrections; each half's symbols in C order. Returns zq of z1."""
+    mean_grid, prior = model.cfg.mean_grid, model.priors[0]
+    u, mean_q = prior.outputs(zq_above, y.shape[-2:], lambda_index)
+    residual = _round(y - mean_q / mean_grid)
+    zq = residual * mean_grid + mean_q
+    first = spatial_context.anchors(*y.shape[-2:])
+    index, mean2 = spatial_context.second_half((u, mean_q), zq, model.context, prior.num_scales)
+    residual2 = _round(y[:, ~first] - mean2 / mean_grid)
+    zq[:, ~first] = residual2 * mean_grid + mean2
+    values += [residual[:, first].ravel(), residual2.ravel()]
+    tables += [np.clip(u[:, first], 0, prior.num_scales - 1).ravel(), index.ravel()]
+    return zq
 
 
 def encode(ys, model, lambda_index: int):
@@ -66,11 +85,30 @@ def decode(payload: bytes, shapes, model, lambda_index: int):
     zq[-1] = out.reshape(top_shape).astype(np.int64) * mean_grid
     for level in range(levels - 2, -1, -1):
         shape = shapes[level]
+        if level == 0 and model.context is not None:
+            zq[0] = _decode_checkerboard(words, state, args, shape, zq[1], model, lambda_index)
+            continue
         index, mean_q = model.priors[level](zq[level + 1], shape[-2:], lambda_index)
         out = np.empty(index.size, np.int32)
         _decode_into(words, state, index.ravel(), args, out)
         zq[level] = out.reshape(shape).astype(np.int64) * mean_grid + mean_q
     _check(rans.finish_decoder(words, state[0], state[1]))
+    return zq
+
+
+def _decode_checkerboard(words, state, args, shape, zq_above, model, lambda_index):
+    mean_grid, prior = model.cfg.mean_grid, model.priors[0]
+    u, mean_q = prior.outputs(zq_above, shape[-2:], lambda_index)
+    first = spatial_context.anchors(*shape[-2:])
+    zq = np.zeros(shape, np.int64)
+    for half in (first, ~first):
+        if half is first:
+            index, mean = np.clip(u[:, first], 0, prior.num_scales - 1), mean_q[:, first]
+        else:
+            index, mean = spatial_context.second_half((u, mean_q), zq, model.context, prior.num_scales)
+        out = np.empty(index.size, np.int32)
+        _decode_into(words, state, index.ravel().astype(np.int32), args, out)
+        zq[:, half] = out.reshape(index.shape).astype(np.int64) * mean_grid + mean
     return zq
 
 

@@ -34,6 +34,7 @@ class ModelConfig:
     mean_grid: int = 8         # means live on multiples of 1/mean_grid
     top_prior: str = "gaussian"  # zL: "gaussian" (learned scale per channel) or "logistic" (fixed)
     prior_lambda: bool = False  # the prior networks see λ (per-channel shifts of every layer; PriorLambda)
+    context: bool = False      # z1 is coded in two checkerboard halves, the second seeing the first
 
     def __post_init__(self):
         if not 2 <= self.levels <= 4:
@@ -212,6 +213,43 @@ class PriorLambda(nn.Module):
         return [s[:, :, None, None] for s in (self.GAIN * self.net(t)).split(self.widths, dim=1)]
 
 
+class CheckerboardContext(nn.Module):
+    """Spatial context for z1 (He et al., CVPR 2021; the local context of the multi-context paper):
+    z1 is coded in two halves, the anchors ((i + j) even) with the prior from z2 alone, then the rest with
+    that prior corrected by what the decoded anchors around them say. The correction is additive:
+    u += du, mean += dmean, from the four adjacent anchors (a 3x3 kernel masked to a cross: the other
+    taps would see only non-anchors, which are zero) through one hidden layer and a 1x1 convolution.
+    Both halves decode in parallel, so decoding stays one pass of two steps. The output layer starts at
+    zero: a model switched to it starts as the same function. Integer form: spatial_context.py.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c, h = cfg.latent_channels, cfg.prior_channels
+        self.hidden = nn.Conv2d(c, h, 3, padding=1)
+        self.out = nn.Conv2d(h, 2 * c, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.register_buffer("cross", cross_mask(), persistent=False)
+
+    def forward(self, z_anchors):
+        """z_anchors: decoded z1 at the anchors, 0 elsewhere -> (du, dmean), used at the non-anchors."""
+        h = F.relu(F.conv2d(z_anchors, self.hidden.weight * self.cross, self.hidden.bias, padding=1))
+        du, dmean = self.out(h).float().chunk(2, dim=1)
+        return du, dmean
+
+
+def cross_mask():
+    """The taps of a 3x3 kernel that fall on anchors when centred on a non-anchor."""
+    return torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+
+
+def anchor_mask(h: int, w: int):
+    """(1, 1, h, w): 1 at the anchors, (i + j) even in the tile's own z1 coordinates."""
+    i, j = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return ((i + j) % 2 == 0).float().view(1, 1, h, w)
+
+
 class TopPrior(nn.Module):
     """One scale per channel of zL, as an index into the scale table.
 
@@ -267,6 +305,7 @@ class NestedLatentCodec(nn.Module):
         self.top_prior = TopPrior(self.cfg) if self.cfg.top_prior == "gaussian" else None
         self.prior_lambda = nn.ModuleList([PriorLambda(p.widths()) for p in self.priors]) \
             if self.cfg.prior_lambda else None   # after top_prior, for the same reason
+        self.context = CheckerboardContext(self.cfg) if self.cfg.context else None   # last, likewise
         self.log_scale_min = math.log(self.cfg.scale_min)
         self.log_scale_step = math.log(self.cfg.scale_max / self.cfg.scale_min) / (self.cfg.num_scales - 1)
 
@@ -314,7 +353,22 @@ class NestedLatentCodec(nn.Module):
             residual, r_rate = quantiser(y - mean)
             z_hat[level] = residual + mean
             likelihoods[level] = gaussian_likelihood(r_rate, self.scale_from_index(u))
+            if level == 0 and self.context is not None:
+                z_hat[0], likelihoods[0] = self._second_half(y, u, mean, z_hat[0], likelihoods[0],
+                                                             quantiser, grid_means)
         return z_hat, likelihoods
+
+    def _second_half(self, y, u, mean, z_first, lk_first, quantiser, grid_means):
+        """Checkerboard context: keep the anchors of the first pass, recode the rest with the corrected
+        prior. The corrections are quantised on their own, as the integer path adds them."""
+        anchors = anchor_mask(*y.shape[-2:]).to(y.device)
+        du, dmean = self.context(z_first * anchors)
+        mean2 = mean + (self.quantise_mean(dmean) if grid_means else dmean)
+        residual, r_rate = quantiser(y - mean2)
+        z_second = residual + mean2
+        lk_second = gaussian_likelihood(r_rate, self.scale_from_index(u + du))
+        return (anchors * z_first + (1 - anchors) * z_second,
+                anchors * lk_first + (1 - anchors) * lk_second)
 
     def forward(self, x, lam, noisy: bool = True, bound: bool = False):
         """bound=True: the relaxed model (noise instead of rounding everywhere, free means), whose

@@ -14,9 +14,11 @@ from .cdf_tables import check_tables
 from .errors import CodecError
 from .integer_prior import IntegerPrior
 from .model import ModelConfig
+from .spatial_context import IntegerContext
 
 TABLE_KEYS = ("cdfs", "lengths", "offsets")
 TOP_INDEX_KEY = "top/index"
+CONTEXT_PREFIX = "context/"
 
 
 def prior_prefix(level: int) -> str:
@@ -34,6 +36,7 @@ class CodecModel:
             self.priors = [IntegerPrior.from_arrays(arrays, prior_prefix(l), self.cfg.num_scales)
                            for l in range(self.cfg.levels - 1)]
             self.top_index = self._top_index(arrays)
+            self.context = IntegerContext.from_arrays(arrays, CONTEXT_PREFIX) if self.cfg.context else None
         except (KeyError, TypeError, ValueError) as e:
             raise CodecError(f"{path}: not a complete codec model ({e}); "
                              "export one with `python -m codec export-model`") from None

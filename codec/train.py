@@ -303,8 +303,8 @@ def restore(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
     return step, best, saved_average
 
 
-ADDED_PARAMETERS = ("top_prior.index_param", "prior_lambda.")   # newer than some checkpoints (names, or
-                                                                   # prefixes ending in "."): start at their init
+ADDED_PARAMETERS = ("top_prior.index_param", "prior_lambda.", "context.")   # newer than some checkpoints
+                                                      # (names, or prefixes ending in "."): start at their init
 
 
 def added(name: str) -> bool:

@@ -47,9 +47,11 @@ def default_model():
     return CodecModel.load()
 
 
-def build_tiny_model(path, levels: int = 3, top_prior: str = "gaussian", prior_lambda: bool = False):
+def build_tiny_model(path, levels: int = 3, top_prior: str = "gaussian", prior_lambda: bool = False,
+                     context: bool = False):
     """A small, untrained (random) model exported with the real export code: fast enough for fuzzing.
-    prior_lambda: priors conditioned on λ, with random (not zero) shifts so that λ changes them."""
+    prior_lambda: priors conditioned on λ, with random (not zero) shifts so that λ changes them.
+    context: the checkerboard context of z1, with a random (not zero) output layer."""
     from codec import weights
     from codec.export_model import build_model_arrays
     from codec.model import ModelConfig, NestedLatentCodec
@@ -57,12 +59,13 @@ def build_tiny_model(path, levels: int = 3, top_prior: str = "gaussian", prior_l
 
     torch.manual_seed(0)
     net = NestedLatentCodec(ModelConfig(levels=levels, channels=16, latent_channels=8, prior_channels=8,
-                                        top_prior=top_prior, prior_lambda=prior_lambda))
+                                        top_prior=top_prior, prior_lambda=prior_lambda, context=context))
     net.eval()
-    if prior_lambda:
-        with torch.no_grad():
-            for p in net.prior_lambda.parameters():
-                p.normal_(0.0, 0.5)
+    with torch.no_grad():
+        for p in net.prior_lambda.parameters() if prior_lambda else []:
+            p.normal_(0.0, 0.5)
+        for p in net.context.out.parameters() if context else []:
+            p.normal_(0.0, 2.0)
     images = [torch.from_numpy(synthetic_image(64, 96, s).transpose(2, 0, 1).copy()).float().div(255)[None]
               for s in range(3)]
     weights.save_arrays(path, build_model_arrays(net, images), {"config": net.cfg.to_dict()})
@@ -72,6 +75,12 @@ def build_tiny_model(path, levels: int = 3, top_prior: str = "gaussian", prior_l
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny.npz")
+
+
+@pytest.fixture(scope="session")
+def context_model(tmp_path_factory):
+    """A tiny model with λ-conditioned priors and the checkerboard context of z1."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_context") / "tiny.npz", prior_lambda=True, context=True)
 
 
 def blade_photos(n: int):

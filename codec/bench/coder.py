@@ -13,6 +13,7 @@ from ..integer_prior import IntegerPrior
 from ..latent_coding import quantise
 from ..lambdas import index_of_lambda, lambda_of_index
 from ..runtime import CodecModel
+from ..spatial_context import IntegerContext, anchors
 from ..tiling import TileGeometry, analyse
 from ..transforms import TorchTransforms
 
@@ -37,13 +38,15 @@ def photo_symbols(model: CodecModel, paths, lambdas=(64, 1024, 8192)):
 
 
 def prior_speed(model: CodecModel, latents, megapixels: float) -> dict:
-    """Seconds per megapixel of all the integer priors of a photo, per path; both must give the same integers."""
+    """Seconds per megapixel of all the integer priors of a photo (and the spatial context of models with
+    one), per path; both must give the same integers."""
     reference = [IntegerPrior(p.layers, p.num_scales, p.act_max, int8=False) for p in model.priors]
+    context = model.context and IntegerContext(model.context.layers, int8=False)
     times, outputs = {}, {}
-    for name, priors in (("8-bit", model.priors), ("float64 reference", reference)):
-        _run_priors(priors, latents[:1])   # compile (numba) before timing
+    for name, nets in (("8-bit", (model.priors, model.context)), ("float64 reference", (reference, context))):
+        _run_priors(*nets, latents[:1])   # compile (numba) before timing
         t0 = time.perf_counter()
-        outputs[name] = _run_priors(priors, latents)
+        outputs[name] = _run_priors(*nets, latents)
         times[name] = (time.perf_counter() - t0) / megapixels
     same = all(np.array_equal(a, b) for a, b in zip(*outputs.values()))
     if not same:
@@ -51,11 +54,13 @@ def prior_speed(model: CodecModel, latents, megapixels: float) -> dict:
     return {"s_per_mp": times, "int8_layers": sum(p.int8_layers for p in model.priors)}
 
 
-def _run_priors(priors, latents) -> list:
+def _run_priors(priors, context, latents) -> list:
     out = []
     for zq, index in latents:
         for level, prior in enumerate(priors):
             out.extend(prior(zq[level + 1], zq[level].shape[-2:], index))
+        if context is not None:
+            out.extend(context(np.where(anchors(*zq[0].shape[-2:]), zq[0], 0)))
     return out
 
 

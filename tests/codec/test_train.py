@@ -234,7 +234,9 @@ def test_lambda_weighting_favours_low_lambdas_and_off_is_a_plain_mean(tmp_path, 
     assert "step 2" in (tmp_path / "run" / "train.log").read_text()
 
 
-def test_a_run_switched_to_lambda_conditioned_priors_resumes_learns_and_exports_them(tmp_path, folders):
+@pytest.mark.parametrize("switch, learned", [("prior_lambda", "2.weight"), ("context", "out.weight")])
+def test_a_run_switched_to_a_new_part_resumes_learns_and_exports_it(tmp_path, folders, switch, learned):
+    """λ-conditioned priors and the spatial context: parts a checkpoint can predate, starting at zero."""
     from codec import weights
     from codec.export_model import build_model_arrays
     from codec.runtime import CodecModel
@@ -242,14 +244,15 @@ def test_a_run_switched_to_lambda_conditioned_priors_resumes_learns_and_exports_
 
     train(TrainConfig(**config(tmp_path, folders, steps=3, ema=0.5, val_coded=False)))
     train(TrainConfig(**config(tmp_path, folders, steps=6, ema=0.5, val_coded=False,
-                               model={**TINY, "prior_lambda": True})))
-    assert "the weights predate prior_lambda." in (tmp_path / "run" / "train.log").read_text()
+                               model={**TINY, switch: True})))
+    assert f"the weights predate {switch}." in (tmp_path / "run" / "train.log").read_text()
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
-    shifts = [k for k in state["model"] if k.startswith("prior_lambda.") and k.endswith("2.weight")]
-    assert state["step"] == 6 and shifts
-    assert all(state["model"][k].abs().max() > 0 and state["ema"][k].abs().max() > 0 for k in shifts)  # from 0
+    new = [k for k in state["model"] if k.startswith(f"{switch}.") and k.endswith(learned)]
+    assert state["step"] == 6 and new
+    assert all(state["model"][k].abs().max() > 0 and state["ema"][k].abs().max() > 0 for k in new)  # from 0
     net, _ = load_float(tmp_path / "run" / "last.pt")
     images = [torch.from_numpy(synthetic_image(64, 64, s).transpose(2, 0, 1).copy()).float().div(255)[None]
               for s in range(2)]
     weights.save_arrays(tmp_path / "m.npz", build_model_arrays(net.eval(), images), {"config": net.cfg.to_dict()})
-    assert all(p.lambda_conditioned for p in CodecModel.load(tmp_path / "m.npz").priors)
+    model = CodecModel.load(tmp_path / "m.npz")
+    assert model.context is not None if switch == "context" else all(p.lambda_conditioned for p in model.priors)

@@ -16,14 +16,16 @@ def _folder(tmp_path, n=1, h=64, w=96):
     return d
 
 
-def test_coder_benchmark(tmp_path, tiny_model):
+@pytest.mark.parametrize("name", ["tiny_model", "context_model"])
+def test_coder_benchmark(tmp_path, request, name):
+    tiny_model = request.getfixturevalue(name)
     values, tables, latents, mp = coder.photo_symbols(tiny_model, sorted(_folder(tmp_path).glob("*.png")))
     r = coder.throughput(values, tables, tiny_model, repeats=1)
     assert r["symbols"] == values.size > 0
     assert r["encode_msym_s"] > 0 and r["decode_msym_s"] > 0
     assert 0 <= r["overhead_percent"] < 5  # few symbols: the 8-byte flush is a visible share
     assert len(latents) == 3 and mp == 3 * 64 * 96 / 1e6
-    priors = coder.prior_speed(tiny_model, latents, mp)   # raises if the two paths disagree
+    priors = coder.prior_speed(tiny_model, latents, mp)   # raises if the two paths (context too) disagree
     assert priors["int8_layers"] == 6 and set(priors["s_per_mp"]) == {"8-bit", "float64 reference"}
 
 

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=None, help="override the config's step count")
     t.add_argument("--run-dir", default="", help="override the config's run directory")
     t.add_argument("--threads", type=int, default=None, help="override the config's thread count")
+    t.add_argument("--processes", type=int, default=None,
+                   help="override the config's data-parallel process count (each runs --threads threads)")
     t.add_argument("--time-budget", type=float, default=None, metavar="S",
                    help="stop (checkpoint and validate) after S CPU seconds of this run")
 

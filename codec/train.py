@@ -25,7 +25,7 @@ from .imageio import read_rgb
 from .lambdas import LAMBDA_MAX, LAMBDA_MIN
 from .layers import SimplifiedGDN, use_elementwise_gdns
 from .model import ModelConfig, NestedLatentCodec
-from . import weights
+from . import data_parallel, weights
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("codec.train")
@@ -50,6 +50,8 @@ class TrainConfig:
     lambda_min: float = LAMBDA_MIN
     lambda_max: float = LAMBDA_MAX
     threads: int = 2
+    processes: int = 1             # data-parallel training processes (data_parallel.py), `threads` each: the
+                                   # batch is per process, gradients are averaged over all
     seed: int = 0
     checkpoint_every: int = 200
     val_every: int = 1000
@@ -63,7 +65,8 @@ class TrainConfig:
     bf16: bool = False             # run the convolutions in bfloat16 (CPU autocast); rates and the distortion
                                    # stay float32. Fast only where the CPU has bf16 instructions (AVX512-BF16, AMX)
     time_budget_s: float = 0.0     # stop after this many CPU seconds of this invocation (0: no limit);
-                                   # CPU time, so runs compared "at equal CPU budget" are, whatever else ran
+                                   # CPU time, so runs compared "at equal CPU budget" are, whatever else ran;
+                                   # counted per process (all stop when the first reaches it)
     val_coded: bool = True         # validation also entropy-codes with integer priors (real bytes)
     lift_stuck_gdn: bool = True    # lift GDN weights stuck at exactly 0 (models before the pedestal)
     bound: bool = False            # train the relaxed "bound" model (a BG-VAE teacher)
@@ -276,11 +279,15 @@ class WeightAverage:
         torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1.0 - self.decay)
 
 
-def save_checkpoint(path: Path, model, opt, step, sampler, best, average=None):
+def random_states(sampler) -> dict:
+    return {"torch_rng": torch.get_rng_state(), "sampler_rng": sampler.rng.bit_generator.state}
+
+
+def save_checkpoint(path: Path, model, opt, step, sampler, best, average=None, process_states=None):
+    """process_states: random_states() of every data-parallel process but the first (data_parallel.py)."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                "torch_rng": torch.get_rng_state(), "sampler_rng": sampler.rng.bit_generator.state,
-                "best": best, "model_config": model.cfg.to_dict(),
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, **random_states(sampler),
+                "process_states": process_states or [], "best": best, "model_config": model.cfg.to_dict(),
                 "ema": average.model.state_dict() if average else None}, tmp)
     tmp.replace(path)
 
@@ -344,13 +351,25 @@ def restore_average(cfg: TrainConfig, model, saved):
     return average
 
 
+def restore_random_states(state: dict, sampler):
+    """This process's random streams. A process the checkpoint has none for (a run switched to more
+    processes) starts streams of its own from the seed, the step and its rank."""
+    r = data_parallel.rank()
+    saved = [state] + state.get("process_states", [])
+    if r < len(saved):
+        torch.set_rng_state(saved[r]["torch_rng"])
+        sampler.rng.bit_generator.state = saved[r]["sampler_rng"]
+    else:
+        torch.manual_seed(1000 * state["step"] + r)
+        sampler.rng = np.random.default_rng([state["step"], r])
+
+
 def _load_state(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
     ckpt = run_dir / "last.pt"
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         load_optimiser(opt, state["opt"], bool(load_weights(model, state["model"])))
-        torch.set_rng_state(state["torch_rng"])
-        sampler.rng.bit_generator.state = state["sampler_rng"]
+        restore_random_states(state, sampler)
         log.info("resumed from %s at step %d", ckpt, state["step"])
         return state["step"], state["best"], state.get("ema")
     if cfg.init_from:
@@ -363,18 +382,22 @@ def _load_state(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
 
 
 def train(cfg: TrainConfig):
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    run_dir = resolve(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    logging.getLogger("codec").addHandler(handler)
-    logging.getLogger("codec").setLevel(logging.INFO)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    """One process, or cfg.processes of them joined for data-parallel training."""
+    data_parallel.launch(_train, cfg.processes, cfg)
 
-    sampler = CropSampler([(str(resolve(s["path"])), s["weight"]) for s in cfg.sources], cfg.crop, cfg.seed)
+
+def _train(cfg: TrainConfig):
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)   # the same initial weights in every process
+    main_process = data_parallel.rank() == 0
+    run_dir = resolve(cfg.run_dir)
+    if main_process:
+        _log_to(run_dir, cfg)
+    sampler = CropSampler([(str(resolve(s["path"])), s["weight"]) for s in cfg.sources], cfg.crop,
+                          [cfg.seed, data_parallel.rank()] if data_parallel.rank() else cfg.seed)
     model = build_model(cfg)
+    if data_parallel.rank():
+        torch.manual_seed(cfg.seed + 1_000_003 * data_parallel.rank())   # its own quantisation noise
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -384,10 +407,11 @@ def train(cfg: TrainConfig):
     forward = compiled(model) if cfg.compile else model   # validation stays eager: other shapes
     if cfg.bf16 and not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
         log.warning("bf16: true, but this CPU has no bfloat16 instructions: emulated bf16 is slower than float32")
-    validator = Validator(cfg)
+    validator = Validator(cfg) if main_process else None
     distiller = Distiller(cfg, model) if cfg.teacher else None
-    rng = np.random.default_rng(cfg.seed + step)
-    log.info("training %s for %d steps, batch %d x %d px", run_dir, cfg.steps, cfg.batch, cfg.crop)
+    rng = np.random.default_rng(cfg.seed + step if main_process else [cfg.seed + step, data_parallel.rank()])
+    log.info("training %s for %d steps, batch %d x %d px%s", run_dir, cfg.steps, cfg.batch, cfg.crop,
+             f" in each of {cfg.processes} processes" if cfg.processes > 1 else "")
     t_start, wall_before = time.time(), _wall_so_far(run_dir)
     window = []
     cpu_start = time.process_time()
@@ -411,6 +435,7 @@ def train(cfg: TrainConfig):
             loss = loss + extra
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        data_parallel.average_gradients(model.parameters())
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         if average:
@@ -424,14 +449,27 @@ def train(cfg: TrainConfig):
                      extra)
             window.clear()
         wall = wall_before + time.time() - t_start
-        last = step >= cfg.steps or _out_of_time(cfg, cpu_start)   # decided once: a last step always validates
+        # decided once, by all processes together: a last step always validates
+        last = step >= cfg.steps or data_parallel.any_process(_out_of_time(cfg, cpu_start))
         validating = step % cfg.val_every == 0 or last
-        if validating:   # first, so the one checkpoint below records the new best score
+        if validating and main_process:   # first, so the one checkpoint below records the new best score
             best = validate(cfg, validator, measured, run_dir, step, wall, best)
         if step % cfg.checkpoint_every == 0 or validating:
-            save_checkpoint(run_dir / "last.pt", model, opt, step, sampler, best, average)
-            _write_wall(run_dir, wall)
+            states = data_parallel.gather(random_states(sampler))
+            if main_process:
+                save_checkpoint(run_dir / "last.pt", model, opt, step, sampler, best, average, states[1:])
+                _write_wall(run_dir, wall)
+            data_parallel.barrier()   # the others wait while the first validates and writes
     log.info("finished at step %d", step)
+
+
+def _log_to(run_dir: Path, cfg: TrainConfig):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logging.getLogger("codec").addHandler(handler)
+    logging.getLogger("codec").setLevel(logging.INFO)
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
 
 
 def compiled(model):
@@ -485,5 +523,7 @@ def main(args):
         cfg.time_budget_s = args.time_budget
     if args.threads is not None:
         cfg.threads = args.threads
+    if args.processes is not None:
+        cfg.processes = args.processes
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     train(cfg)

@@ -1,0 +1,80 @@
+"""Data-parallel training: real gloo process groups on this machine, real training runs."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from codec import data_parallel
+from codec.errors import CodecError
+from codec.model import ModelConfig, NestedLatentCodec
+from codec.train import TrainConfig, train
+from tests.codec.test_train import TINY, config, folders  # noqa: F401 (a fixture)
+
+
+def _one_step_in_each_process(out_dir: str):
+    """Same initial weights, different crops per process: after one averaged step the weights agree."""
+    torch.manual_seed(0)
+    net = NestedLatentCodec(ModelConfig(**TINY))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    r = data_parallel.rank()
+    torch.manual_seed(100 + r)
+    x, lam = torch.rand(2, 3, 64, 64), torch.tensor([100.0, 2000.0])
+    out = net(x, lam)
+    (out["bpp"].mean() + (lam * (out["x_hat"] - x).square().mean(dim=(1, 2, 3))).mean()).backward()
+    own = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+    data_parallel.average_gradients(net.parameters())
+    averaged = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+    opt.step()
+    weights = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    owns, averages, all_weights = (data_parallel.gather(t) for t in (own, averaged, weights))
+    stop = data_parallel.any_process(r == 1)
+    if r == 0:
+        result = {"world": data_parallel.world(), "stop": stop,
+                  "own_differ": not torch.equal(owns[0], owns[1]),
+                  "mean_ok": bool(torch.allclose(averages[0], (owns[0] + owns[1]) / 2, atol=1e-6)),
+                  "same_average": torch.equal(averages[0], averages[1]),
+                  "same_weights": torch.equal(all_weights[0], all_weights[1])}
+        (Path(out_dir) / "result.json").write_text(json.dumps(result))
+
+
+def _fails():
+    raise CodecError("the weights do not fit the configured model: x")
+
+
+def test_gradients_are_averaged_and_weights_stay_identical(tmp_path):
+    data_parallel.launch(_one_step_in_each_process, 2, str(tmp_path))
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result == {"world": 2, "stop": True, "own_differ": True, "mean_ok": True, "same_average": True,
+                      "same_weights": True}
+
+
+def test_a_failing_process_is_one_clear_error():
+    with pytest.raises(CodecError, match="a training process failed: .*the weights do not fit the configured model"):
+        data_parallel.launch(_fails, 2)
+
+
+def test_two_processes_train_checkpoint_every_stream_and_resume(tmp_path, folders):  # noqa: F811
+    train(TrainConfig(**config(tmp_path, folders, steps=3, processes=2, val_coded=False)))
+    run = tmp_path / "run"
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert state["step"] == 3 and len(state["process_states"]) == 1
+    second = state["process_states"][0]
+    assert second["sampler_rng"] != state["sampler_rng"]   # the second process drew other crops
+    assert not torch.equal(second["torch_rng"], state["torch_rng"])
+    log = (run / "train.log").read_text()
+    assert "in each of 2 processes" in log and "val step 3" in log
+    train(TrainConfig(**config(tmp_path, folders, steps=6, processes=2, val_coded=False)))
+    resumed = torch.load(run / "last.pt", weights_only=False)
+    assert resumed["step"] == 6 and "resumed from" in (run / "train.log").read_text()
+    moved = [k for k in state["model"] if not torch.equal(state["model"][k], resumed["model"][k])]
+    assert moved   # it trained on
+
+
+def test_a_single_process_checkpoint_resumes_in_two(tmp_path, folders):  # noqa: F811
+    train(TrainConfig(**config(tmp_path, folders, steps=3, val_coded=False)))
+    train(TrainConfig(**config(tmp_path, folders, steps=6, processes=2, val_coded=False)))
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert state["step"] == 6 and len(state["process_states"]) == 1
+    assert np.isfinite([v.float().abs().max().item() for v in state["model"].values()]).all()

@@ -19,7 +19,7 @@ def build_parser():
     q.add_argument("--calibration-dir", type=Path)
     q.add_argument("--count", type=int, default=32)
     q.add_argument("--method", choices=("minmax", "percentile", "entropy"),
-                   help="calibration ranges (default: minmax for tensorrt, percentile for cpu)")
+                   help="calibration ranges (default: percentile, 99.99th, for both targets)")
     q.add_argument("--target", default="tensorrt", choices=("tensorrt", "cpu"),
                    help="tensorrt: symmetric Q/DQ for TensorRT (default); cpu: QLinearConv for ONNX Runtime on CPU")
     r = sub.add_parser("rd", help="INT8 vs FP32: BD-rate, dB and speed-up under ONNX Runtime")

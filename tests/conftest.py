@@ -83,6 +83,19 @@ def context_model(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny_context") / "tiny.npz", prior_lambda=True, context=True)
 
 
+@pytest.fixture
+def folders(tmp_path):
+    """A training folder of 3 and a validation folder of 2 small synthetic photos (training tests)."""
+    from PIL import Image
+
+    train_dir, val_dir = tmp_path / "train", tmp_path / "val"
+    for d, n in ((train_dir, 3), (val_dir, 2)):
+        d.mkdir()
+        for i in range(n):
+            Image.fromarray(synthetic_image(80, 96, seed=i + 10 * n)).save(d / f"{i}.png")
+    return train_dir, val_dir
+
+
 def blade_photos(n: int):
     from codec.data import list_images
     return list_images(need_data(BLADES))[:n]

@@ -10,7 +10,7 @@ from codec import data_parallel
 from codec.errors import CodecError
 from codec.model import ModelConfig, NestedLatentCodec
 from codec.train import TrainConfig, train
-from tests.codec.test_train import TINY, config, folders  # noqa: F401 (a fixture)
+from tests.codec.test_train import TINY, config
 
 
 def _one_step_in_each_process(out_dir: str):
@@ -55,7 +55,7 @@ def test_a_failing_process_is_one_clear_error():
         data_parallel.launch(_fails, 2)
 
 
-def test_two_processes_train_checkpoint_every_stream_and_resume(tmp_path, folders):  # noqa: F811
+def test_two_processes_train_checkpoint_every_stream_and_resume(tmp_path, folders):
     train(TrainConfig(**config(tmp_path, folders, steps=3, processes=2, val_coded=False)))
     run = tmp_path / "run"
     state = torch.load(run / "last.pt", weights_only=False)
@@ -72,7 +72,7 @@ def test_two_processes_train_checkpoint_every_stream_and_resume(tmp_path, folder
     assert moved   # it trained on
 
 
-def test_a_single_process_checkpoint_resumes_in_two(tmp_path, folders):  # noqa: F811
+def test_a_single_process_checkpoint_resumes_in_two(tmp_path, folders):
     train(TrainConfig(**config(tmp_path, folders, steps=3, val_coded=False)))
     train(TrainConfig(**config(tmp_path, folders, steps=6, processes=2, val_coded=False)))
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)

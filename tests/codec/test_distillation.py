@@ -4,7 +4,7 @@ import torch
 from codec.distillation import FeatureTap, affinity, affinity_loss, distillation_terms, tapped_modules
 from codec.model import ModelConfig, NestedLatentCodec
 from codec.train import TrainConfig, train
-from tests.codec.test_train import TINY, config, folders  # noqa: F401  (fixture)
+from tests.codec.test_train import TINY, config
 
 
 def test_affinity_is_a_cosine_similarity_matrix():
@@ -34,7 +34,7 @@ def test_taps_see_one_map_per_stage():
     assert float(align) < 1e-5 and float(recon) == 0.0
 
 
-def test_bound_teacher_then_distilled_student(tmp_path, folders):  # noqa: F811
+def test_bound_teacher_then_distilled_student(tmp_path, folders):
     train(TrainConfig(**config(tmp_path, folders, run_dir=str(tmp_path / "teacher"), bound=True)))
     teacher = tmp_path / "teacher" / "last.pt"
     train(TrainConfig(**config(tmp_path, folders, run_dir=str(tmp_path / "student"), steps=50, val_every=50,

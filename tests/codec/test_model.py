@@ -63,17 +63,24 @@ def test_bf16_autocast_keeps_the_rate_and_the_distortion_in_float32(bound):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.analysis.parameters())
 
 
-def test_priors_conditioned_on_lambda_start_as_the_unconditioned_model_and_then_depend_on_it():
+def switched_on(part: str, small: dict, x, lam):
+    """A model with `part` switched on, loaded from one without it: it must lack only that part's weights and
+    start as the same function (the same likelihoods). Returns (plain, switched, latents)."""
     torch.manual_seed(0)
-    plain = NestedLatentCodec(ModelConfig(**SMALL))
-    conditioned = NestedLatentCodec(ModelConfig(**SMALL, prior_lambda=True))
-    missing, _ = conditioned.load_state_dict(plain.state_dict(), strict=False)
-    assert missing and all(k.startswith("prior_lambda.") for k in missing)
-    x, lam = torch.rand(1, 3, 64, 64), torch.tensor([300.0])
+    plain = NestedLatentCodec(ModelConfig(**small))
+    switched = NestedLatentCodec(ModelConfig(**small, **{part: True}))
+    missing, _ = switched.load_state_dict(plain.state_dict(), strict=False)
+    assert missing and all(k.startswith(f"{part}.") for k in missing)
     with torch.no_grad():
         ys = plain.analysis(x, lam)
-        same = [torch.equal(a, b) for a, b in zip(plain.top_down(ys, lam=lam)[1], conditioned.top_down(ys, lam=lam)[1])]
-        assert all(same)   # zero shifts: the same likelihoods
+        for a, b in zip(plain.top_down(ys, lam=lam)[1], switched.top_down(ys, lam=lam)[1]):
+            assert torch.equal(a, b)
+    return plain, switched, ys
+
+
+def test_priors_conditioned_on_lambda_start_as_the_unconditioned_model_and_then_depend_on_it():
+    _, conditioned, ys = switched_on("prior_lambda", SMALL, torch.rand(1, 3, 64, 64), torch.tensor([300.0]))
+    with torch.no_grad():
         with pytest.raises(ValueError, match="conditioned on λ: top_down needs lam"):
             conditioned.top_down(ys)
         for p in conditioned.prior_lambda.parameters():

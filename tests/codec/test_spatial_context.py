@@ -8,6 +8,7 @@ from codec.imageio import Photo
 from codec.lambdas import GRID_SIZE, index_of_lambda, lambda_of_index
 from codec.model import ModelConfig, NestedLatentCodec, anchor_mask
 from codec.runtime import CodecModel
+from tests.codec.test_model import switched_on
 from tests.conftest import synthetic_image
 
 SMALL = dict(levels=3, channels=16, latent_channels=8, prior_channels=8)
@@ -20,16 +21,9 @@ def test_anchors_are_a_checkerboard_in_both_forms():
 
 
 def test_a_model_switched_to_the_context_starts_as_the_same_function_and_then_uses_it():
-    torch.manual_seed(0)
-    plain = NestedLatentCodec(ModelConfig(**SMALL))
-    ctx = NestedLatentCodec(ModelConfig(**SMALL, context=True))
-    missing, _ = ctx.load_state_dict(plain.state_dict(), strict=False)
-    assert missing and all(k.startswith("context.") for k in missing)
-    x, lam = torch.rand(1, 3, 64, 96), torch.tensor([300.0])
+    lam = torch.tensor([300.0])
+    plain, ctx, ys = switched_on("context", SMALL, torch.rand(1, 3, 64, 96), lam)   # zero output layer
     with torch.no_grad():
-        ys = plain.analysis(x, lam)
-        for a, b in zip(plain.top_down(ys, lam=lam)[1], ctx.top_down(ys, lam=lam)[1]):
-            assert torch.equal(a, b)   # zero output layer: the same likelihoods
         ctx.context.out.weight.normal_(0.0, 0.3)
         changed = ctx.top_down(ys, lam=lam)[1][0] != plain.top_down(ys, lam=lam)[1][0]
     second = ~anchor_mask(*ys[0].shape[-2:]).bool()

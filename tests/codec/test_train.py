@@ -5,23 +5,12 @@ import sys
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from codec.errors import CodecError
 from codec.train import TrainConfig, train
 from tests.conftest import PROJECT_ROOT, synthetic_image
 
 TINY = {"levels": 2, "channels": 8, "latent_channels": 8, "prior_channels": 8}
-
-
-@pytest.fixture
-def folders(tmp_path):
-    train_dir, val_dir = tmp_path / "train", tmp_path / "val"
-    for d, n in ((train_dir, 3), (val_dir, 2)):
-        d.mkdir()
-        for i in range(n):
-            Image.fromarray(synthetic_image(80, 96, seed=i + 10 * n)).save(d / f"{i}.png")
-    return train_dir, val_dir
 
 
 def config(tmp_path, folders, **extra):

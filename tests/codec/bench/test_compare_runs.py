@@ -6,10 +6,10 @@ import pytest
 from codec.bench.compare_runs import read_run, table
 from codec.errors import CodecError
 from codec.train import TrainConfig, train
-from tests.codec.test_train import config, folders  # noqa: F401  (folders is a fixture)
+from tests.codec.test_train import config
 
 
-def test_two_runs_compare_and_mismatches_are_refused(tmp_path, folders):  # noqa: F811
+def test_two_runs_compare_and_mismatches_are_refused(tmp_path, folders):
     short = config(tmp_path, folders, run_dir=str(tmp_path / "short"), steps=2)
     longer = config(tmp_path, folders, run_dir=str(tmp_path / "longer"), steps=8)
     train(TrainConfig(**short))

@@ -1,11 +1,11 @@
 """Data-parallel training on one machine: `processes` copies of the training loop, one thread each.
 
-On this CPU one training process does not get faster with a second thread (1.1-1.2 steps/s with one
-or two), while two one-thread processes each keep that rate. So the second core is used by a second
-process that draws its own crops; after every backward pass the two average their gradients (gloo
+Each process draws its own crops; after every backward pass they average their gradients (gloo
 all-reduce over localhost, one flat buffer), so the weights, the optimiser and the weight average stay
 identical in every process. Process 0 logs, validates and writes checkpoints; the others' random states
 go into the checkpoint too, so a resumed run continues every stream.
+Measured (session 7, idle machine, step 25,000): one process with 2 threads 2.05 steps/s of 4 crops, two
+1-thread processes 1.20 steps/s of 8 crops (+17 % crops/s, at twice the batch).
 """
 from __future__ import annotations
 

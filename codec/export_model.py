@@ -45,28 +45,25 @@ def calibration_images(per_dir: int = 8, dirs=CALIBRATION_DIRS) -> list:
 
 
 @torch.no_grad()
-def prior_inputs(net: NestedLatentCodec, images) -> list:
-    """Decoded latents each prior sees, over the calibration images and λ values."""
-    inputs = [[] for _ in net.priors]
-    for x in images:
-        for lam in CALIBRATION_LAMBDAS:
-            ys = net.analysis(x, torch.tensor([lam]))
-            z_hat, _ = net.top_down(ys, noisy=False, lam=torch.tensor([lam]))
-            for level in range(len(net.priors)):
-                inputs[level].append((z_hat[level + 1], lam))
-    return inputs
-
-
-@torch.no_grad()
-def context_inputs(net: NestedLatentCodec, images) -> list:
-    """Decoded z1 at the anchors (the rest zeroed), as the spatial context sees it."""
-    inputs = []
+def decoded_latents(net: NestedLatentCodec, images) -> list:
+    """(decoded latents of every level, λ) over the calibration images and λ values: what the priors and the
+    spatial context see."""
+    out = []
     for x in images:
         for lam in CALIBRATION_LAMBDAS:
             lam_t = torch.tensor([lam])
-            z1 = net.top_down(net.analysis(x, lam_t), noisy=False, lam=lam_t)[0][0]
-            inputs.append(z1 * anchor_mask(*z1.shape[-2:]))
-    return inputs
+            out.append((net.top_down(net.analysis(x, lam_t), noisy=False, lam=lam_t)[0], lam))
+    return out
+
+
+def prior_inputs(decoded: list, level: int) -> list:
+    """(z_{level+1}, λ) pairs: the input of the prior of `level`."""
+    return [(z_hat[level + 1], lam) for z_hat, lam in decoded]
+
+
+def context_inputs(decoded: list) -> list:
+    """Decoded z1 at the anchors (the rest zeroed), as the spatial context sees it."""
+    return [z_hat[0] * anchor_mask(*z_hat[0].shape[-2:]) for z_hat, _ in decoded]
 
 
 def build_model_arrays(net: NestedLatentCodec, images) -> dict:
@@ -77,13 +74,15 @@ def build_model_arrays(net: NestedLatentCodec, images) -> dict:
     arrays = weights.float_arrays(net.state_dict())
     # The float weights are stored as float16: calibrate what the decoder will actually load.
     net.load_state_dict(weights.float_state_dict(arrays))
-    for level, inputs in enumerate(prior_inputs(net, images)):
+    decoded = decoded_latents(net, images)   # one analysis per image and λ for every calibration below
+    for level in range(len(net.priors)):
         prior_lambda = net.prior_lambda[level] if net.prior_lambda is not None else None
-        prior = convert(net.priors[level], inputs, cfg.mean_grid, cfg.num_scales, prior_lambda)
+        prior = convert(net.priors[level], prior_inputs(decoded, level), cfg.mean_grid, cfg.num_scales,
+                        prior_lambda)
         prior.check_bounds()
         arrays.update(prior.arrays(prior_prefix(level)))
     if net.context is not None:
-        arrays.update(spatial_context.convert(net.context, context_inputs(net, images), cfg.mean_grid)
+        arrays.update(spatial_context.convert(net.context, context_inputs(decoded), cfg.mean_grid)
                       .arrays(CONTEXT_PREFIX))
     if net.top_prior is not None:
         arrays[TOP_INDEX_KEY] = index.numpy().astype(np.int32)

@@ -89,9 +89,7 @@ def decode(payload: bytes, shapes, model, lambda_index: int):
             zq[0] = _decode_checkerboard(words, state, args, shape, zq[1], model, lambda_index)
             continue
         index, mean_q = model.priors[level](zq[level + 1], shape[-2:], lambda_index)
-        out = np.empty(index.size, np.int32)
-        _decode_into(words, state, index.ravel(), args, out)
-        zq[level] = out.reshape(shape).astype(np.int64) * mean_grid + mean_q
+        zq[level] = _decode_residuals(words, state, index, args) * mean_grid + mean_q
     _check(rans.finish_decoder(words, state[0], state[1]))
     return zq
 
@@ -101,15 +99,18 @@ def _decode_checkerboard(words, state, args, shape, zq_above, model, lambda_inde
     u, mean_q = prior.outputs(zq_above, shape[-2:], lambda_index)
     first = spatial_context.anchors(*shape[-2:])
     zq = np.zeros(shape, np.int64)
-    for half in (first, ~first):
-        if half is first:
-            index, mean = np.clip(u[:, first], 0, prior.num_scales - 1), mean_q[:, first]
-        else:
-            index, mean = spatial_context.second_half((u, mean_q), zq, model.context, prior.num_scales)
-        out = np.empty(index.size, np.int32)
-        _decode_into(words, state, index.ravel().astype(np.int32), args, out)
-        zq[:, half] = out.reshape(index.shape).astype(np.int64) * mean_grid + mean
+    index = np.clip(u[:, first], 0, prior.num_scales - 1)
+    zq[:, first] = _decode_residuals(words, state, index, args) * mean_grid + mean_q[:, first]
+    index, mean2 = spatial_context.second_half((u, mean_q), zq, model.context, prior.num_scales)
+    zq[:, ~first] = _decode_residuals(words, state, index, args) * mean_grid + mean2
     return zq
+
+
+def _decode_residuals(words, state, index, args) -> np.ndarray:
+    """One symbol per element of index (its table), int64 in index's shape."""
+    out = np.empty(index.size, np.int32)
+    _decode_into(words, state, index.ravel().astype(np.int32), args, out)
+    return out.reshape(index.shape).astype(np.int64)
 
 
 def _decode_into(words, state, table_idx, args, out):

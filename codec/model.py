@@ -234,9 +234,11 @@ class CheckerboardContext(nn.Module):
 
     def forward(self, z_anchors):
         """z_anchors: decoded z1 at the anchors, 0 elsewhere -> (du, dmean), used at the non-anchors."""
-        h = F.relu(F.conv2d(z_anchors, self.hidden.weight * self.cross, self.hidden.bias, padding=1))
-        du, dmean = self.out(h).float().chunk(2, dim=1)
+        du, dmean = self.out(self.hidden_activations(z_anchors)).float().chunk(2, dim=1)
         return du, dmean
+
+    def hidden_activations(self, z_anchors):
+        return F.relu(F.conv2d(z_anchors, self.hidden.weight * self.cross, self.hidden.bias, padding=1))
 
 
 def cross_mask():

@@ -114,23 +114,21 @@ def second_half(prior_out, zq_first: np.ndarray, context: IntegerContext, num_sc
     """The non-anchors' (scale index, mean) from the prior's raw output and the decoded anchors.
     prior_out: (raw index, mean) from IntegerPrior.outputs; zq_first: z1 decoded with it (anchors used)."""
     u, mean = prior_out
-    h, w = u.shape[-2:]
-    second = ~anchors(h, w)
-    du, dmean = context(np.where(anchors(h, w), zq_first, 0))
-    index = np.clip(u[:, second] + du, 0, num_scales - 1).astype(np.int32)
-    return index, mean[:, second] + dmean
+    first = anchors(*u.shape[-2:])
+    du, dmean = context(np.where(first, zq_first, 0))
+    index = np.clip(u[:, ~first] + du, 0, num_scales - 1).astype(np.int32)
+    return index, mean[:, ~first] + dmean
 
 
 def convert(context, calibration_inputs, mean_grid: int) -> IntegerContext:
     """The trained float CheckerboardContext as integers. calibration_inputs: decoded z1 tensors
     (1,C,h,w) as the decoder sees them, non-anchors zeroed; they set the hidden layer's range."""
     import torch
-    import torch.nn.functional as F
 
     act_max = 0.0
     with torch.no_grad():
         for z in calibration_inputs:
-            h = F.relu(F.conv2d(z, context.hidden.weight * context.cross, context.hidden.bias, padding=1))
+            h = context.hidden_activations(z)
             second = torch.from_numpy(~anchors(*z.shape[-2:])).to(h.dtype)   # the only outputs used
             act_max = max(act_max, float((h * second).max()))
     w0 = (context.hidden.weight * context.cross).detach().double().numpy()

@@ -61,8 +61,8 @@ def test_context_bitstreams_decode_to_the_encoders_latents_and_need_the_context(
 
 
 def test_the_context_saves_bits_once_trained_a_little():
-    """A few hundred steps on one synthetic image at one λ: the non-anchors' rate falls below that of the
-    same model without the context (same start, same steps), so the gradient reaches it end to end."""
+    """150 prior-only steps on one synthetic image at one λ: z1's rate falls 3 % below that of the same
+    model without the context (same start, same steps), so the gradient reaches it end to end."""
     x = torch.from_numpy(synthetic_image(128, 128, seed=2).transpose(2, 0, 1).copy()).float().div(255)[None]
     lam, bits = torch.tensor([1024.0]), {}
     for context in (False, True):

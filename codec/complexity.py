@@ -43,5 +43,5 @@ def analysis_macs_per_pixel(net, size: int = 512) -> float:
 
 
 def synthesis_macs_per_pixel(net, size: int = 512) -> float:
-    z = torch.zeros(1, net.cfg.latent_channels, size // 16, size // 16)
+    z = torch.zeros(1, net.cfg.c1, size // 16, size // 16)
     return count_macs(net.synthesis, z, torch.tensor([256.0])) / (size * size)

@@ -26,7 +26,9 @@ TOP_PRIORS = ("gaussian", "logistic")
 class ModelConfig:
     levels: int = 4            # L, 2..4
     channels: int = 128        # N, width of the image transforms
-    latent_channels: int = 128  # C, common to every latent level
+    latent_channels: int = 128  # C, of z2..zL (and of z1 unless z1_channels says otherwise)
+    z1_channels: int = 0       # C1, of z1 (0: latent_channels). z1 alone feeds the synthesis: with C1 values
+                               # per 16x16x3 pixels it caps the PSNR (C1 = 128 keeps Kodak near 33 dB)
     prior_channels: int = 128  # width of the prior networks
     num_scales: int = 64       # size of the fixed scale table
     scale_min: float = 0.11
@@ -56,6 +58,14 @@ class ModelConfig:
     def alignment(self) -> int:
         """z1 positions per position of zL: tile sizes must be multiples of it."""
         return 2 ** (self.levels - 1)
+
+    @property
+    def c1(self) -> int:
+        return self.z1_channels or self.latent_channels
+
+    def level_channels(self, level: int) -> int:
+        """Channels of z_{level + 1} (level 0 is z1)."""
+        return self.c1 if level == 0 else self.latent_channels
 
     def to_dict(self):
         return asdict(self)
@@ -93,7 +103,7 @@ class ImageAnalysis(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        n, c = cfg.channels, cfg.latent_channels
+        n, c = cfg.channels, cfg.c1
         self.convs = nn.ModuleList([down(3, n), down(n, n), down(n, n), down(n, c)])
         self.gdns = nn.ModuleList([SimplifiedGDN(n) for _ in range(3)])
         self.films = nn.ModuleList([LambdaFiLM(n) for _ in range(3)])
@@ -108,10 +118,10 @@ class ImageAnalysis(nn.Module):
 class LatentAnalysis(nn.Module):
     """y_l -> y_{l+1}: one more strided block of the Markov chain."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, level: int):
         super().__init__()
         c = cfg.latent_channels
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv1 = nn.Conv2d(cfg.level_channels(level), c, 3, padding=1)
         self.film = LambdaFiLM(c)
         self.conv2 = down(c, c)
 
@@ -125,7 +135,7 @@ class Analysis(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.image = ImageAnalysis(cfg)
-        self.latent = nn.ModuleList([LatentAnalysis(cfg) for _ in range(cfg.levels - 1)])
+        self.latent = nn.ModuleList([LatentAnalysis(cfg, level) for level in range(cfg.levels - 1)])
 
     def forward(self, x, lam):
         ys = [self.image(x, lam)]
@@ -139,7 +149,7 @@ class Synthesis(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        n, c = cfg.channels, cfg.latent_channels
+        n, c = cfg.channels, cfg.c1
         self.convs = nn.ModuleList([up(c, n), up(n, n), up(n, n), up(n, 3)])
         self.gdns = nn.ModuleList([SimplifiedGDN(n, inverse=True) for _ in range(3)])
         self.films = nn.ModuleList([LambdaFiLM(n) for _ in range(3)])
@@ -157,11 +167,12 @@ class PriorNet(nn.Module):
     Plain conv + ReLU layers only, so the trained network converts to an integer network.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, level: int):
+        """The prior of z_{level + 1}, computed from z_{level + 2}."""
         super().__init__()
-        c, h = cfg.latent_channels, cfg.prior_channels
+        c, h = cfg.level_channels(level), cfg.prior_channels
         self.layers = nn.ModuleList([
-            nn.ConvTranspose2d(c, h, 4, stride=2, padding=1),
+            nn.ConvTranspose2d(cfg.level_channels(level + 1), h, 4, stride=2, padding=1),
             nn.Conv2d(h, h, 3, padding=1),
             nn.Conv2d(h, 2 * c, 3, padding=1),
         ])
@@ -225,7 +236,7 @@ class CheckerboardContext(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        c, h = cfg.latent_channels, cfg.prior_channels
+        c, h = cfg.c1, cfg.prior_channels
         self.hidden = nn.Conv2d(c, h, 3, padding=1)
         self.out = nn.Conv2d(h, 2 * c, 1)
         nn.init.zeros_(self.out.weight)
@@ -302,7 +313,7 @@ class NestedLatentCodec(nn.Module):
         self.cfg = cfg or ModelConfig()
         self.analysis = Analysis(self.cfg)
         self.synthesis = Synthesis(self.cfg)
-        self.priors = nn.ModuleList([PriorNet(self.cfg) for _ in range(self.cfg.levels - 1)])
+        self.priors = nn.ModuleList([PriorNet(self.cfg, level) for level in range(self.cfg.levels - 1)])
         # Registered last, so that optimiser states saved before it existed still line up (train.py).
         self.top_prior = TopPrior(self.cfg) if self.cfg.top_prior == "gaussian" else None
         self.prior_lambda = nn.ModuleList([PriorLambda(p.widths()) for p in self.priors]) \

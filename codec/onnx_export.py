@@ -42,7 +42,7 @@ def export_image_analysis(net, path, opset: int = OPSET):
 
 def export_latent_analysis(net, path, opset: int = OPSET):
     levels = len(net.analysis.latent) + 1
-    y1 = torch.randn(1, net.cfg.latent_channels, 8, 12)
+    y1 = torch.randn(1, net.cfg.c1, 8, 12)
     lam = torch.tensor([256.0])
     outputs = [f"y{l}" for l in range(2, levels + 1)]
     dyn = {"y1": {2: "h1", 3: "w1"}}

@@ -94,7 +94,7 @@ class CodecModel:
     def level_shapes(self, h1: int, w1: int):
         """(C, h, w) of every level for a z1 grid of h1 x w1."""
         shapes, h, w = [], h1, w1
-        for _ in range(self.cfg.levels):
-            shapes.append((self.cfg.latent_channels, h, w))
+        for level in range(self.cfg.levels):
+            shapes.append((self.cfg.level_channels(level), h, w))
             h, w = -(-h // 2), -(-w // 2)
         return shapes

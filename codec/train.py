@@ -26,6 +26,7 @@ from .lambdas import LAMBDA_MAX, LAMBDA_MIN
 from .layers import SimplifiedGDN, use_elementwise_gdns
 from .model import ModelConfig, NestedLatentCodec
 from . import data_parallel, weights
+from .z1_widening import widen_z1
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("codec.train")
@@ -374,11 +375,22 @@ def _load_state(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
         return state["step"], state["best"], state.get("ema")
     if cfg.init_from:
         arrays, meta = weights.load_arrays(resolve(cfg.init_from))
-        load_weights(model, weights.float_state_dict(arrays))
+        load_weights(model, widened(weights.float_state_dict(arrays), meta, model.cfg, cfg.seed))
         step = int(meta.get("train", {}).get("step", 0))
         log.info("started from model file %s (trained %d steps)", cfg.init_from, step)
         return step, float("inf"), None
     return 0, float("inf"), None
+
+
+def widened(state: dict, meta: dict, cfg: ModelConfig, seed: int) -> dict:
+    """The weights of a model file, given the configured number of z1 channels if it had fewer."""
+    old_c1 = ModelConfig.from_dict(meta["config"]).c1 if "config" in meta else cfg.c1
+    if old_c1 == cfg.c1:
+        return state
+    if old_c1 > cfg.c1:
+        raise CodecError(f"the model file has {old_c1} z1 channels, the configured model {cfg.c1}: z1 cannot shrink")
+    log.info("z1 widened from %d to %d channels (z1_widening.py)", old_c1, cfg.c1)
+    return widen_z1(state, old_c1, cfg.c1, seed)
 
 
 def train(cfg: TrainConfig):

@@ -100,7 +100,7 @@ def onnx_stages(args, model, report: dict) -> dict:
         return {"passed": all(v.ok for v in r.values()), **{k: v.as_dict() for k, v in r.items()}}
 
     def macs():
-        r = graph_checks.macs_report(image, latent, model.cfg.latent_channels, tflops=args.tflops)
+        r = graph_checks.macs_report(image, latent, model.cfg.c1, tflops=args.tflops)
         return {"passed": r["within_budget"], **r}
 
     stage(report, "onnx_checker", checker)

@@ -316,12 +316,12 @@ def window_overhead(height: int, width: int) -> float:
     return rows * cols / (h1 * w1)
 
 
-def macs_report(image_path, latent_path, channels: int, photo_hw=(3648, 5472), tflops: float = 5.0,
+def macs_report(image_path, latent_path, z1_channels: int, photo_hw=(3648, 5472), tflops: float = 5.0,
                 probe=512) -> dict:
     """MACs per pixel of both graphs and the projected time of one photo at a stated throughput."""
     img = count_macs(load_graph(image_path), {"x": (1, 3, probe, probe), "lam": (1,)})
     h1 = probe // 16
-    lat = count_macs(load_graph(latent_path), {"y1": (1, channels, h1, h1), "lam": (1,)})
+    lat = count_macs(load_graph(latent_path), {"y1": (1, z1_channels, h1, h1), "lam": (1,)})
     per_px = (img + lat) / probe ** 2
     overhead = window_overhead(*photo_hw)
     pixels = photo_hw[0] * photo_hw[1]

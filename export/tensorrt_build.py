@@ -80,7 +80,7 @@ def build_engines(image_onnx, latent_onnx, out_dir, model, max_hw, int8: bool, w
     base = {**identity, "model_id": model.model_id.hex()}
     precision = "int8" if int8 else "fp16"
     latent_name = "encoder_latent.fp16.engine"
-    latent = build_engine(latent_onnx, keyed / latent_name, latent_profile(max_hw, model.cfg.latent_channels),
+    latent = build_engine(latent_onnx, keyed / latent_name, latent_profile(max_hw, model.cfg.c1),
                           False, workspace_mb, timing_cache, {**base, "precision": "fp16", "onnx": str(latent_onnx)})
     image = build_engine(image_onnx, keyed / f"encoder.{precision}.engine", image_profile(max_hw), int8,
                          workspace_mb, timing_cache, {**base, "precision": precision, "onnx": str(image_onnx),

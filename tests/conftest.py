@@ -48,10 +48,11 @@ def default_model():
 
 
 def build_tiny_model(path, levels: int = 3, top_prior: str = "gaussian", prior_lambda: bool = False,
-                     context: bool = False):
+                     context: bool = False, z1_channels: int = 0):
     """A small, untrained (random) model exported with the real export code: fast enough for fuzzing.
     prior_lambda: priors conditioned on λ, with random (not zero) shifts so that λ changes them.
-    context: the checkerboard context of z1, with a random (not zero) output layer."""
+    context: the checkerboard context of z1, with a random (not zero) output layer.
+    z1_channels: z1 wider than the other levels (0: as wide)."""
     from codec import weights
     from codec.export_model import build_model_arrays
     from codec.model import ModelConfig, NestedLatentCodec
@@ -59,7 +60,8 @@ def build_tiny_model(path, levels: int = 3, top_prior: str = "gaussian", prior_l
 
     torch.manual_seed(0)
     net = NestedLatentCodec(ModelConfig(levels=levels, channels=16, latent_channels=8, prior_channels=8,
-                                        top_prior=top_prior, prior_lambda=prior_lambda, context=context))
+                                        top_prior=top_prior, prior_lambda=prior_lambda, context=context,
+                                        z1_channels=z1_channels))
     net.eval()
     with torch.no_grad():
         for p in net.prior_lambda.parameters() if prior_lambda else []:
@@ -79,8 +81,9 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def context_model(tmp_path_factory):
-    """A tiny model with λ-conditioned priors and the checkerboard context of z1."""
-    return build_tiny_model(tmp_path_factory.mktemp("tiny_context") / "tiny.npz", prior_lambda=True, context=True)
+    """A tiny model with λ-conditioned priors, the checkerboard context of z1, and z1 wider than z2, z3."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_context") / "tiny.npz", prior_lambda=True, context=True,
+                            z1_channels=12)
 
 
 @pytest.fixture

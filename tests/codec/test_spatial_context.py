@@ -33,10 +33,11 @@ def test_a_model_switched_to_the_context_starts_as_the_same_function_and_then_us
 @pytest.mark.parametrize("lam", [64.0, 8192.0])
 def test_the_integer_context_follows_the_float_one(context_model, lam):
     """Converted after training: index corrections within one step, mean corrections within one grid step
-    (each rounds once), at the non-anchors."""
+    (each rounds once), at the non-anchors, for an image inside the calibrated range (one of the tiny
+    model's calibration images: beyond it the hidden layer clips by design)."""
     net, index = context_model.torch_model, index_of_lambda(lam)
     lam_t = torch.tensor([lambda_of_index(index)])
-    x = torch.from_numpy(synthetic_image(96, 128, seed=4).transpose(2, 0, 1).copy()).float().div(255)[None]
+    x = torch.from_numpy(synthetic_image(64, 96, seed=1).transpose(2, 0, 1).copy()).float().div(255)[None]
     with torch.no_grad():
         z1 = net.top_down(net.analysis(x, lam_t), noisy=False, lam=lam_t)[0][0]
         du, dmean = net.context(z1 * anchor_mask(*z1.shape[-2:]))
@@ -92,7 +93,7 @@ def test_the_8_bit_path_gives_the_reference_integers_over_the_whole_input_range(
     fast, reference = spatial_context.IntegerContext(layers), spatial_context.IntegerContext(layers, int8=False)
     assert fast._hidden_int8 is not None and fast._out_int8 is not None and reference._hidden_int8 is None
     rng = np.random.default_rng(5)
-    zq = rng.integers(-(1 << 15), 1 << 15, (context_model.cfg.latent_channels, 9, 14))
+    zq = rng.integers(-(1 << 15), 1 << 15, (context_model.cfg.c1, 9, 14))
     zq[:, 0, :3] = [-(1 << 15), (1 << 15) - 1, 40000]   # the ends, and beyond them (clipped)
     for got, want in zip(fast(zq), reference(zq)):
         np.testing.assert_array_equal(got, want)

@@ -104,8 +104,8 @@ def test_mac_count_of_a_known_convolution():
 
 def test_macs_report_of_the_default_model(default_model, tmp_path):
     image, latent = export_stamped(default_model, tmp_path)
-    r = graph_checks.macs_report(image, latent, default_model.cfg.latent_channels, tflops=5.0)
-    n, c = default_model.cfg.channels, default_model.cfg.latent_channels
+    r = graph_checks.macs_report(image, latent, default_model.cfg.c1, tflops=5.0)
+    n, c = default_model.cfg.channels, default_model.cfg.c1
     # counted by hand from the exported graph: the first conv as 3x3 over SpaceToDepth (12 channels at half
     # resolution), three strided 5x5 convolutions; the diagonal GDNs are element-wise (Softsign), not counted
     convs = 12 * n * 9 / 4 + n * n * 25 / 16 + n * n * 25 / 64 + n * c * 25 / 256

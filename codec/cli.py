@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--size", type=int, default=256, help="centre crop size in pixels")
     br.add_argument("--steps", type=int, default=200)
     br.add_argument("--checkpoints", type=int, nargs="+", default=[25, 50, 100, 200])
-    br.add_argument("--presets", nargs="+", default=["methods"], choices=["methods", "classes", "sensitivity"])
+    br.add_argument("--presets", nargs="+", default=["methods"], choices=["default", "methods", "classes", "sensitivity"])
     br.add_argument("--threads", type=int, default=1)
 
     bt = sub.add_parser("bench-train", help="training steps/s of CPU training variants (run on an idle machine)")

@@ -43,9 +43,9 @@ class Refined:
     tiles: int = 1    # 1: the whole photo in one piece
 
 
-def passes(model, height: int, width: int) -> int:
+def passes(model, height: int, width: int, whole_photo_pixels: int = WHOLE_PHOTO_PIXELS) -> int:
     """How many optimisations refine_photo runs for a photo (1, or one per coding tile)."""
-    if height * width <= WHOLE_PHOTO_PIXELS:
+    if height * width <= whole_photo_pixels:
         return 1
     from .api import DEFAULT_TILE_PX
     gx, gy = TileGeometry(width, height, DEFAULT_TILE_PX, model.cfg.levels).grid
@@ -87,12 +87,11 @@ def refine_photo(model, photo, lambda_index: int, cfg: RefineConfig, on_step=Non
         cfg = replace(cfg, time_budget=max(0.0, cfg.time_budget - reserve))
     padded = pad_image(pixels, g.h1, g.w1)
     x = torch.from_numpy(padded.transpose(2, 0, 1).copy()).float().div(255)[None]
-    if h * w <= whole_photo_pixels:
+    tiles = passes(model, h, w, whole_photo_pixels)
+    if tiles == 1:
         refined, steps = refine(net, x, lam, cfg, ys, on_step)
-        tiles = 1
     else:
         refined, steps = refine_by_tiles(net, x, lam, cfg, ys, g, on_step)
-        tiles = len(g.tiles())
     enc = api.compress_latents(model, [y[0].numpy() for y in refined], photo, lambda_index)
     after = measure(model, enc.data, pixels, lam)
     keep = after.loss < before.loss

@@ -53,6 +53,15 @@ def test_every_backend_decodes_on_the_ground(tiny_model, graphs, kind):
     assert ok, detail
 
 
+def test_a_model_with_z1_wider_than_z2_decodes_through_onnx_runtime(context_model, tmp_path):
+    """The exported latent graph takes z1's channel count, not the other levels'."""
+    image, _ = export_stamped(context_model, tmp_path)
+    assert context_model.cfg.c1 != context_model.cfg.latent_channels
+    backend = OnnxRuntimeBackend(context_model, onnx=image, providers="cpu")
+    ok, detail = parity.decodes_on_ground(context_model, _encode(context_model, backend))
+    assert ok, detail
+
+
 def test_cpu_sessions_do_not_spin_between_runs(tiny_model, graphs):
     """The image and latent sessions alternate; a spinning pool would take the cores the other needs."""
     backend = OnnxRuntimeBackend(tiny_model, onnx=graphs["int8"], providers="cpu", threads=2)

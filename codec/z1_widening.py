@@ -5,13 +5,15 @@ pixels. With C1 = 128 the unquantised latents of the session-7 model reconstruct
 blade frames at 43.5 dB at λ 8192, about what keeping 128 principal components of each 16x16 patch gives
 (33.9 and 43.9 dB; 192 components: 38.1 and 48.0).
 
-The widened model starts close to the trained one: the latent chain (z1 -> z2) and the checkerboard
-context read the new channels with zero weights, so every other level's bits and the old channels' bits are
-unchanged; the analysis writes the new channels with random weights as large as the trained ones, and the
-synthesis reads them with small random weights (a tenth of the trained ones' spread). Not zero: through the
-straight-through rounding a channel's gradient is the synthesis weights times the image error, so with zero
-weights a channel that rounds to 0 would never learn anything. Until the new channels are useful they cost
-bits, starting at the median scale of the old ones.
+The widened model starts as the same function, bits included: the analysis writes the new channels with
+zero weights, so they are 0, and their prior starts at the smallest scale of the table, where a 0 costs
+almost nothing; the latent chain (z1 -> z2) and the checkerboard context read them with zero weights. The
+synthesis reads them with small random weights (a tenth of the trained ones' spread), which changes nothing
+while they are 0 but gives them a gradient: through the straight-through rounding a channel's gradient is
+the synthesis weights times the image error, so with zero weights on both sides nothing would ever move.
+A channel then grows where the distortion it saves is worth its bits.
+Measured (session 8): new analysis weights as large as the trained ones instead cost 0.9 bpp at the start
+and still 0.06 bpp (+4 % training loss) 1,500 steps later.
 """
 from __future__ import annotations
 
@@ -32,10 +34,8 @@ LAYOUT = {
     "context.out.weight": (0, "pair"),
     "context.out.bias": (0, "pair"),
 }
-ANALYSIS = "analysis.image.convs.3.weight"    # writes z1: new channels start as large as the old
-SYNTHESIS = "synthesis.convs.0.weight"        # reads z1: new channels start small
+SYNTHESIS = "synthesis.convs.0.weight"   # reads z1: the only new weights that do not start at zero
 SYNTHESIS_GAIN = 0.1
-PRIOR_BIAS = "priors.0.layers.2.bias"
 
 
 def widen_z1(state: dict, old_c1: int, new_c1: int, seed: int = 0) -> dict:
@@ -47,11 +47,9 @@ def widen_z1(state: dict, old_c1: int, new_c1: int, seed: int = 0) -> dict:
     for name, (axis, layout) in LAYOUT.items():
         if name in state:
             out[name] = _grow(state[name], axis, _segments(layout, state[name].shape[axis], old_c1, new_c1))
-    for name, gain in ((ANALYSIS, 1.0), (SYNTHESIS, SYNTHESIS_GAIN)):
-        w = state[name]
-        rows = torch.randn((new_c1 - old_c1, *w.shape[1:]), generator=generator) * (gain * w.float().std())
-        out[name][old_c1:] = rows.to(w.dtype)
-    out[PRIOR_BIAS][old_c1:new_c1] = state[PRIOR_BIAS][:old_c1].median()
+    w = state[SYNTHESIS]   # the prior's zero scale index is the table's smallest scale
+    rows = torch.randn((new_c1 - old_c1, *w.shape[1:]), generator=generator) * (SYNTHESIS_GAIN * w.float().std())
+    out[SYNTHESIS][old_c1:] = rows.to(w.dtype)
     return out
 
 

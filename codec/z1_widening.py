@@ -11,9 +11,18 @@ almost nothing; the latent chain (z1 -> z2) and the checkerboard context read th
 synthesis reads them with small random weights (a tenth of the trained ones' spread), which changes nothing
 while they are 0 but gives them a gradient: through the straight-through rounding a channel's gradient is
 the synthesis weights times the image error, so with zero weights on both sides nothing would ever move.
-A channel then grows where the distortion it saves is worth its bits.
-Measured (session 8): new analysis weights as large as the trained ones instead cost 0.9 bpp at the start
-and still 0.06 bpp (+4 % training loss) 1,500 steps later.
+A channel is meant to grow where the distortion it saves is worth its bits.
+
+Measured in session 8 (widening 128 -> 192 at step 32,000, configs/ablation/z1_192.yaml, training log on
+the same crops and λ as the narrow twin): neither start has paid off within 2,000 steps.
+- New analysis weights as large as the trained ones (the first try): +0.9 bpp at the start, still +0.06
+  bpp and +4 % training loss 1,500 steps later, PSNR no better.
+- Switched off (this start): the training estimate charges a 0 under uniform noise about 0.2 bits at the
+  smallest scale (+0.041 bpp for 64 channels; real coding pays ~0), and the channels stayed off: after
+  2,100 steps their analysis weights had a spread of 0.0004 (the old ones 0.017), their scale index was
+  still 0 and the PSNR equal to the twin's. A 1-unit latent at the smallest scale costs ~30 bits, a wall
+  the straight-through gradient does not climb.
+A wider z1 probably has to be trained in from further back (or from scratch), not grafted on in a decay.
 """
 from __future__ import annotations
 

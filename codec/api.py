@@ -127,6 +127,7 @@ def decode_latents(model: CodecModel, c: container.Container, threads: int = 1):
     """Entropy-decode every tile. Returns zq (int64, z * mean_grid) per level at full size."""
     h = c.header
     geometry = TileGeometry(h.width, h.height, h.tile_px, h.levels)
+
     def one(args):
         index, regions = args
         shapes = [(model.cfg.level_channels(level), rs.stop - rs.start, cs.stop - cs.start)

@@ -20,7 +20,7 @@ the same crops and λ as the narrow twin): neither start has paid off within 2,0
 - Switched off (this start): the training estimate charges a 0 under uniform noise about 0.2 bits at the
   smallest scale (+0.041 bpp for 64 channels; real coding pays ~0), and the channels stayed off: after
   2,100 steps their analysis weights had a spread of 0.0004 (the old ones 0.017), their scale index was
-  still 0 and the PSNR equal to the twin's. A 1-unit latent at the smallest scale costs ~30 bits, a wall
+  still 0 and the PSNR equal to the twin's. A latent of 1 at the smallest scale costs ~18 bits, a wall
   the straight-through gradient does not climb.
 A wider z1 probably has to be trained in from further back (or from scratch), not grafted on in a decay.
 """

@@ -436,29 +436,13 @@ def _train(cfg: TrainConfig):
         lam = sample_lambdas(rng, cfg.batch, cfg.lambda_min, cfg.lambda_max)
         for g in opt.param_groups:
             g["lr"] = learning_rate(cfg, step)
-        if distiller:
-            distiller.begin()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            out = forward(x, lam, bound=cfg.bound)
-        loss, bpp, mse = rd_loss(out, x, lam, lambda_weights(lam, cfg))
-        align = recon = 0.0
-        if distiller:
-            extra, align, recon = distiller(x, lam, out)
-            loss = loss + extra
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        data_parallel.average_gradients(model.parameters())
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        figures = _step(cfg, model, forward, opt, distiller, x, lam)
         if average:
             average.update(model)
         step += 1
-        window.append((loss.item(), bpp.item(), mse.item(), time.time() - t0, align, recon))
+        window.append((*figures[:3], time.time() - t0, *figures[3:]))
         if step % 50 == 0:
-            a = np.mean(window, axis=0)
-            extra = f" align {a[4]:.4f} recon-mse {a[5]:.5f}" if distiller else ""
-            log.info("step %d loss %.4f bpp %.4f psnr %.2f  %.2f steps/s%s", step, a[0], a[1], psnr(a[2]), 1 / a[3],
-                     extra)
+            _log_progress(step, window, distiller is not None)
             window.clear()
         wall = wall_before + time.time() - t_start
         # decided once, by all processes together: a last step always validates
@@ -473,6 +457,32 @@ def _train(cfg: TrainConfig):
                 _write_wall(run_dir, wall)
             data_parallel.barrier()   # the others wait while the first validates and writes
     log.info("finished at step %d", step)
+
+
+def _step(cfg: TrainConfig, model, forward, opt, distiller, x, lam) -> tuple:
+    """One optimiser step on a batch; returns (loss, bpp, mse, alignment, reconstruction) as floats."""
+    if distiller:
+        distiller.begin()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        out = forward(x, lam, bound=cfg.bound)
+    loss, bpp, mse = rd_loss(out, x, lam, lambda_weights(lam, cfg))
+    align = recon = 0.0
+    if distiller:
+        extra, align, recon = distiller(x, lam, out)
+        loss = loss + extra
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    data_parallel.average_gradients(model.parameters())   # before clipping: every process clips the same
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return loss.item(), bpp.item(), mse.item(), align, recon
+
+
+def _log_progress(step: int, window: list, distilling: bool):
+    """Means over the steps since the last line: (loss, bpp, mse, seconds, alignment, reconstruction)."""
+    a = np.mean(window, axis=0)
+    extra = f" align {a[4]:.4f} recon-mse {a[5]:.5f}" if distilling else ""
+    log.info("step %d loss %.4f bpp %.4f psnr %.2f  %.2f steps/s%s", step, a[0], a[1], psnr(a[2]), 1 / a[3], extra)
 
 
 def _log_to(run_dir: Path, cfg: TrainConfig):

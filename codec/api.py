@@ -49,9 +49,8 @@ def check_image(pixels: np.ndarray):
         raise CodecError(f"image size {w}x{h} is outside the limits (at most {MAX_PIXELS} pixels)")
 
 
-def _assemble(geometry: TileGeometry, cfg, tiles_zq) -> list:
-    full = [np.empty((cfg.level_channels(level), h, w), np.int64)
-            for level, (h, w) in enumerate(geometry.level_sizes())]
+def _assemble(model: CodecModel, geometry: TileGeometry, tiles_zq) -> list:
+    full = [np.empty(shape, np.int64) for shape in model.level_shapes(geometry.h1, geometry.w1)]
     for regions, zq in zip(geometry.tiles(), tiles_zq):
         for level, (rs, cs) in enumerate(regions):
             full[level][:, rs, cs] = zq[level]
@@ -72,7 +71,7 @@ def encode_latents(model: CodecModel, ys, geometry: TileGeometry, lambda_index: 
         return payload, bits, values.size, zq if keep_latents else None
 
     results = _map(one, geometry.tiles(), threads)
-    latents = _assemble(geometry, model.cfg, [r[3] for r in results]) if keep_latents else None
+    latents = _assemble(model, geometry, [r[3] for r in results]) if keep_latents else None
     return [r[0] for r in results], float(sum(r[1] for r in results)), sum(r[2] for r in results), latents
 
 
@@ -104,7 +103,7 @@ def compress_latents(model: CodecModel, ys, photo: Photo, lambda_index: int, til
                      threads: int = 1, keep_latents: bool = False) -> Encoded:
     """Entropy-code continuous latents (from any analysis, or refined ones) into a container."""
     geometry = _prepare(model, photo, lambda_index, tile_px, threads)
-    expected = [(model.cfg.level_channels(level), h, w) for level, (h, w) in enumerate(geometry.level_sizes())]
+    expected = model.level_shapes(geometry.h1, geometry.w1)
     if [tuple(y.shape) for y in ys] != expected:
         raise CodecError(f"latent shapes {[tuple(y.shape) for y in ys]} do not match the image ({expected})")
     payloads, bits, symbols, latents = encode_latents(model, ys, geometry, lambda_index, threads, keep_latents)
@@ -138,7 +137,7 @@ def decode_latents(model: CodecModel, c: container.Container, threads: int = 1):
             raise BitstreamError(f"tile {index}: {e}") from None
 
     tiles_zq = _map(one, list(enumerate(geometry.tiles())), threads)
-    return _assemble(geometry, model.cfg, tiles_zq), geometry
+    return _assemble(model, geometry, tiles_zq), geometry
 
 
 def decompress(model: CodecModel, data: bytes, threads: int = 1) -> Photo:

@@ -249,7 +249,11 @@ class CheckerboardContext(nn.Module):
         return du, dmean
 
     def hidden_activations(self, z_anchors):
-        return F.relu(F.conv2d(z_anchors, self.hidden.weight * self.cross, self.hidden.bias, padding=1))
+        return F.relu(F.conv2d(z_anchors, self.masked_weight(), self.hidden.bias, padding=1))
+
+    def masked_weight(self):
+        """The hidden layer's kernel with only the cross taps (what the integer form converts)."""
+        return self.hidden.weight * self.cross
 
 
 def cross_mask():

@@ -131,7 +131,7 @@ def convert(context, calibration_inputs, mean_grid: int) -> IntegerContext:
             h = context.hidden_activations(z)
             second = torch.from_numpy(~anchors(*z.shape[-2:])).to(h.dtype)   # the only outputs used
             act_max = max(act_max, float((h * second).max()))
-    w0 = (context.hidden.weight * context.cross).detach().double().numpy()
+    w0 = context.masked_weight().detach().double().numpy()
     layers = [integer_layer(w0, context.hidden.bias.detach().double().numpy(), 0, 1.0 / mean_grid,
                             hidden_scale(act_max))]
     layers.append(integer_layer(context.out.weight.detach().double().numpy(),

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from .errors import CodecError
+
+TIMEOUT = timedelta(minutes=30)   # a validation in process 0 keeps the others waiting ~2 min
 
 
 def rank() -> int:
@@ -41,11 +45,32 @@ def launch(fn, processes: int, *args):
 
 def _worker(index: int, processes: int, port: int, fn, args):
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=index, world_size=processes)
-    try:
-        fn(*args)
-    finally:
-        dist.destroy_process_group()
+    store = dist.TCPStore("127.0.0.1", port, processes, is_master=index == 0, timeout=TIMEOUT)
+    dist.init_process_group("gloo", store=store, rank=index, world_size=processes, timeout=TIMEOUT)
+    fn(*args)   # on an exception spawn() stops the other processes
+    _gather_at(store, "finished", processes)
+    dist.destroy_process_group()
+    store.add("closed", 1)
+    if index == 0:   # the store lives in process 0: it leaves last
+        _gather_at(store, "closed", processes, arrive=False)
+
+
+def _gather_at(store, name: str, processes: int, arrive: bool = True):
+    """Wait until every process has got here, counting in the TCP store, not over gloo.
+
+    A gloo collective returns in one process while its own last message may still be on its way to another,
+    and a process that closes its gloo connections then can abort the other (gloo issue #155, "barrier
+    followed by context destruction"; seen once in CI as SIGABRT "terminate called without an active
+    exception"). Everyone reaching "finished" means every gloo message has arrived; process 0 waiting at
+    "closed" keeps the store up until every process has closed its gloo connections.
+    """
+    if arrive:
+        store.add(name, 1)
+    deadline = time.monotonic() + TIMEOUT.total_seconds()
+    while store.add(name, 0) < processes:
+        if time.monotonic() > deadline:
+            raise CodecError(f"data-parallel process gave up waiting for the others at '{name}'")
+        time.sleep(0.01)
 
 
 def _free_port() -> int:

@@ -60,6 +60,8 @@ class TrainConfig:
     val_images: int = 6
     val_lambdas: list = field(default_factory=lambda: [64, 256, 1024, 4096])
     init_from: str = ""            # a model .npz to start from when the run has no checkpoint
+    widen_analysis_gain: float = 0.0   # when init_from has a narrower z1: the new channels' start
+    widen_prior_index: float = 0.0     # (z1_widening.widen_z1; both 0: switched off)
     model: dict = field(default_factory=dict)
     channels_last: bool = False
     compile: bool = False          # torch.compile the training forward pass (bench-train: ~1.4x steps/s)
@@ -375,22 +377,23 @@ def _load_state(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
         return state["step"], state["best"], state.get("ema")
     if cfg.init_from:
         arrays, meta = weights.load_arrays(resolve(cfg.init_from))
-        load_weights(model, widened(weights.float_state_dict(arrays), meta, model.cfg, cfg.seed))
+        load_weights(model, widened(weights.float_state_dict(arrays), meta, model.cfg, cfg))
         step = int(meta.get("train", {}).get("step", 0))
         log.info("started from model file %s (trained %d steps)", cfg.init_from, step)
         return step, float("inf"), None
     return 0, float("inf"), None
 
 
-def widened(state: dict, meta: dict, cfg: ModelConfig, seed: int) -> dict:
+def widened(state: dict, meta: dict, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
     """The weights of a model file, given the configured number of z1 channels if it had fewer."""
-    old_c1 = ModelConfig.from_dict(meta["config"]).c1 if "config" in meta else cfg.c1
-    if old_c1 == cfg.c1:
+    c1 = model_cfg.c1
+    old_c1 = ModelConfig.from_dict(meta["config"]).c1 if "config" in meta else c1
+    if old_c1 == c1:
         return state
-    if old_c1 > cfg.c1:
-        raise CodecError(f"the model file has {old_c1} z1 channels, the configured model {cfg.c1}: z1 cannot shrink")
-    log.info("z1 widened from %d to %d channels (z1_widening.py)", old_c1, cfg.c1)
-    return widen_z1(state, old_c1, cfg.c1, seed)
+    if old_c1 > c1:
+        raise CodecError(f"the model file has {old_c1} z1 channels, the configured model {c1}: z1 cannot shrink")
+    log.info("z1 widened from %d to %d channels (z1_widening.py)", old_c1, c1)
+    return widen_z1(state, old_c1, c1, cfg.seed, cfg.widen_analysis_gain, cfg.widen_prior_index)
 
 
 def train(cfg: TrainConfig):

@@ -45,10 +45,18 @@ LAYOUT = {
 }
 SYNTHESIS = "synthesis.convs.0.weight"   # reads z1: the only new weights that do not start at zero
 SYNTHESIS_GAIN = 0.1
+ANALYSIS = "analysis.image.convs.3.weight"   # writes z1
+PRIOR_OUT = "priors.0.layers.2.bias"   # [scale index C1, mean C1]
 
 
-def widen_z1(state: dict, old_c1: int, new_c1: int, seed: int = 0) -> dict:
-    """A state dict of a model with old_c1 z1 channels -> one for new_c1 (> old_c1) channels."""
+def widen_z1(state: dict, old_c1: int, new_c1: int, seed: int = 0, analysis_gain: float = 0.0,
+             prior_index: float = 0.0) -> dict:
+    """A state dict of a model with old_c1 z1 channels -> one for new_c1 (> old_c1) channels.
+
+    The defaults switch the new channels off (the same function). analysis_gain > 0 writes them with random
+    analysis weights of that fraction of the trained ones' spread, prior_index > 0 starts their prior at that
+    index of the scale table: a start between off and fully on, where leaving 0 costs a few bits, not ~18.
+    """
     if new_c1 <= old_c1:
         raise ValueError(f"z1 can only grow: {old_c1} -> {new_c1} channels")
     generator = torch.Generator().manual_seed(seed)
@@ -56,9 +64,11 @@ def widen_z1(state: dict, old_c1: int, new_c1: int, seed: int = 0) -> dict:
     for name, (axis, layout) in LAYOUT.items():
         if name in state:
             out[name] = _grow(state[name], axis, _segments(layout, state[name].shape[axis], old_c1, new_c1))
-    w = state[SYNTHESIS]   # the prior's zero scale index is the table's smallest scale
-    rows = torch.randn((new_c1 - old_c1, *w.shape[1:]), generator=generator) * (SYNTHESIS_GAIN * w.float().std())
-    out[SYNTHESIS][old_c1:] = rows.to(w.dtype)
+    for name, gain in ((SYNTHESIS, SYNTHESIS_GAIN), (ANALYSIS, analysis_gain)):
+        w = state[name]
+        rows = torch.randn((new_c1 - old_c1, *w.shape[1:]), generator=generator) * (gain * w.float().std())
+        out[name][old_c1:] = rows.to(w.dtype)
+    out[PRIOR_OUT][old_c1:new_c1] = prior_index   # 0: the table's smallest scale
     return out
 
 

@@ -39,6 +39,23 @@ def test_a_widened_model_starts_as_the_same_function_bits_included():
     assert wide.synthesis.convs[0].weight[8:].abs().min() > 0    # but the new channels have a gradient
 
 
+def test_a_half_on_start_writes_the_new_channels_and_prices_them_at_the_given_scale():
+    narrow, _ = narrow_and_wide()
+    state = narrow.state_dict()
+    half = widen_z1(state, 8, 12, analysis_gain=0.3, prior_index=8.0)
+    old_spread = float(state["analysis.image.convs.3.weight"].std())
+    new_spread = float(half["analysis.image.convs.3.weight"][8:].std())
+    assert 0.2 * old_spread < new_spread < 0.4 * old_spread
+    assert torch.equal(half["priors.0.layers.2.bias"][8:12], torch.full((4,), 8.0))
+    assert torch.equal(half["priors.0.layers.2.bias"][:8], state["priors.0.layers.2.bias"][:8])
+    wide = NestedLatentCodec(ModelConfig(**SMALL, z1_channels=12)).eval()
+    wide.load_state_dict(half)
+    x, lam = torch.rand(1, 3, 64, 96), torch.tensor([8192.0])
+    with torch.no_grad():
+        new = wide(x, lam, noisy=False)["ys"][0][:, 8:]
+    assert new.abs().min() > 0   # written by the analysis from the start (before rounding)
+
+
 def test_z1_cannot_shrink_and_a_mismatched_axis_is_refused():
     narrow, _ = narrow_and_wide()
     with pytest.raises(ValueError, match="z1 can only grow"):

@@ -22,7 +22,14 @@ the same crops and λ as the narrow twin): neither start has paid off within 2,0
   2,100 steps their analysis weights had a spread of 0.0004 (the old ones 0.017), their scale index was
   still 0 and the PSNR equal to the twin's. A latent of 1 at the smallest scale costs ~18 bits, a wall
   the straight-through gradient does not climb.
-A wider z1 probably has to be trained in from further back (or from scratch), not grafted on in a decay.
+Session 9, half on (widen_analysis_gain 0.3, widen_prior_index 8; configs/ablation/z1_*_lr1e-4.yaml), at lr
+1e-4 from step 37,600 beside the narrow twin: training loss +6 % over the first 250 steps, then a steady +3 %
+(+0.04 bpp, about what 64 channels of mostly-zero latents at index 8 cost; PSNR -0.03 dB) to step 39,700.
+On 12 fixed crops (rounded latents) both arms were equal within 1 % rate and 0.03 dB at every λ
+(λ 8192: 1.025 bpp / 32.17 dB wide, 1.033 / 32.20 narrow). The new channels were in use (22 % of their
+elements nonzero at λ 8192, 1.3 % at λ 256) but their synthesis weights stayed small (spread 0.003 against
+0.020) and the prior's index stayed at 8 (its bias moves ~1e-4 per step). Stopped there.
+A wider z1 probably has to be trained in from further back (or from scratch), not grafted on.
 """
 from __future__ import annotations
 

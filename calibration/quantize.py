@@ -42,8 +42,8 @@ CPU_GRAPH = "encoder.int8cpu.onnx"   # conventional name of the CPU variant, nex
 # 0.37 dB with min/max and 0.17 dB with symmetric ranges at the 99.99th percentile. Model 36621aa3 (session 8):
 # the Q/DQ graph 0.21 dB, the CPU variant 0.50 dB (its loss grows with training, most of it at λ 8192), and
 # 0.28 dB once its first Conv stayed in float (session 9, float_convs). Model dfd2b788 (session 9, 10,000
-# steps further): the Q/DQ graph 0.34 dB, 0.28 with its first
-# Conv in float (now the default); the CPU variant 0.51 dB (first Conv in float), 0.31 with the third too.
+# steps further): the Q/DQ graph 0.34 dB, 0.28 with its first Conv in float (now the default); the CPU
+# variant 0.51 dB (first Conv in float), 0.31 with the third too.
 DEFAULT_METHOD = {"tensorrt": "percentile", "cpu": "percentile"}
 # The percentile the ranges keep. CPU variant, model 213e8884 (session 6): ONNX Runtime's default 99.999 lost
 # 0.38 dB, 99.9999 0.65 dB, 99.99 0.29 dB, 99.9 1.33 dB (model 3d9427f0: 0.31 dB at 99.99, 0.34 at 99.98,
@@ -97,7 +97,7 @@ def float_convs(path) -> list:
     """The Convs the CPU variant leaves in float: the output one and the first one.
 
     A QLinearConv's output is uint8 too, and the first one's (pre-GDN responses to raw pixels) is where
-    256 levels cost most. Model 36621aa3 (session 9), 6 blade frames, BD-PSNR of the CPU variant with
+    256 levels cost most. Measured in session 9 on model 36621aa3, 6 blade frames, BD-PSNR of the CPU variant with
     one more Conv left in float: none -0.56 dB, the first -0.27 dB, the second -0.23 dB, the third -0.43 dB;
     ONNX Runtime's window speed-up over FP32 stayed 2.7x with the first in float (9 % of the MACs) and fell
     to 1.2x with the second.

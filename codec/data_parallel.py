@@ -48,15 +48,16 @@ def _worker(index: int, processes: int, port: int, fn, args):
     store = dist.TCPStore("127.0.0.1", port, processes, is_master=index == 0, timeout=TIMEOUT)
     dist.init_process_group("gloo", store=store, rank=index, world_size=processes, timeout=TIMEOUT)
     fn(*args)   # on an exception spawn() stops the other processes
-    _gather_at(store, "finished", processes)
+    store.add("finished", 1)
+    _wait_for_all(store, "finished", processes)
     dist.destroy_process_group()
     store.add("closed", 1)
     if index == 0:   # the store lives in process 0: it leaves last
-        _gather_at(store, "closed", processes, arrive=False)
+        _wait_for_all(store, "closed", processes)
 
 
-def _gather_at(store, name: str, processes: int, arrive: bool = True):
-    """Wait until every process has got here, counting in the TCP store, not over gloo.
+def _wait_for_all(store, name: str, processes: int):
+    """Wait until every process has counted itself in at `name` in the TCP store (not over gloo).
 
     A gloo collective returns in one process while its own last message may still be on its way to another,
     and a process that closes its gloo connections then can abort the other (gloo issue #155, "barrier
@@ -64,8 +65,6 @@ def _gather_at(store, name: str, processes: int, arrive: bool = True):
     exception"). Everyone reaching "finished" means every gloo message has arrived; process 0 waiting at
     "closed" keeps the store up until every process has closed its gloo connections.
     """
-    if arrive:
-        store.add(name, 1)
     deadline = time.monotonic() + TIMEOUT.total_seconds()
     while store.add(name, 0) < processes:
         if time.monotonic() > deadline:

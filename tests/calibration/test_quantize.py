@@ -118,7 +118,7 @@ def test_bd_psnr():
 
 
 def test_cpu_variant_is_qlinearconv_decodes_and_is_refused_for_tensorrt(default_model, tmp_path, caplog):
-    from calibration.quantize import CPU_GRAPH, output_conv
+    from calibration.quantize import CPU_GRAPH, first_conv, output_conv
     from edge.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     image, latent = export_stamped(default_model, tmp_path)
@@ -129,8 +129,7 @@ def test_cpu_variant_is_qlinearconv_decodes_and_is_refused_for_tensorrt(default_
     assert "(percentile, for cpu)" in caplog.text   # its default calibration: min/max cost 0.42 dB here
     assert result["passed"] and result["qlinearconv_nodes"] == 2 and result["float_conv_nodes"] == 2
     assert output_conv(cpu) == output_conv(image)   # y1 still comes from a float Conv
-    first = next(n for n in onnx.load(str(cpu)).graph.node if n.op_type in ("Conv", "QLinearConv"))
-    assert first.op_type == "Conv"   # and so do the pixels' first responses
+    assert first_conv(onnx.load(str(cpu))).op_type == "Conv"   # and so do the pixels' first responses
     offences = graph_checks.check_tensorrt_ops(cpu).offences
     assert offences and {o["op"] for o in offences} <= {"QLinearConv", "QuantizeLinear", "DequantizeLinear"}
     assert any(o["op"] == "QLinearConv" and o["node"] for o in offences)

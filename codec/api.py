@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import container, latent_coding, rans
+from . import container, latent_coding, rans, rate_search
 from .errors import BitstreamError, CodecError
 from .imageio import Photo
 from .lambdas import GRID_SIZE, lambda_of_index
@@ -25,6 +25,7 @@ class Encoded:
     ideal_bits: float     # what the integer tables assign to the symbols (the coder's target)
     symbols: int
     latents: list | None = None   # the encoder's integer latents per level, when asked for
+    tries: int = 1                # encodes it took (more than one when a byte budget chose λ)
 
 
 def _map(fn, items, threads: int):
@@ -151,29 +152,27 @@ def decompress(model: CodecModel, data: bytes, threads: int = 1) -> Photo:
     return Photo(pixels, c.metadata.get(container.META_EXIF, b""), c.metadata.get(container.META_XMP, b""))
 
 
-def compress_to_budget(model: CodecModel, photo: Photo, max_bytes: int, transforms_for=None, **kwargs) -> Encoded:
-    """The highest λ whose file fits in max_bytes (binary search on the λ grid; size grows with λ).
+def compress_to_budget(model: CodecModel, photo: Photo, max_bytes: int, transforms_for=None,
+                       start_index: int | None = None, **kwargs) -> Encoded:
+    """The highest λ whose file fits in max_bytes (codec/rate_search.py: size grows with λ).
 
     transforms_for(λ) gives the analysis backend at each λ tried (default: the PyTorch model).
+    start_index: the first λ index to try, e.g. the previous photo's (default: the middle of the grid).
+    Encoded.tries says how many encodes the search took.
     """
-    def at(index: int) -> Encoded:
+    def at(index: int):
         transforms = transforms_for(lambda_of_index(index)) if transforms_for else None
-        return compress(model, photo, index, transforms=transforms, **kwargs)
+        enc = compress(model, photo, index, transforms=transforms, **kwargs)
+        return len(enc.data), enc
 
-    lo, hi, best, floor = 0, GRID_SIZE - 1, None, None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        enc = at(mid)
-        if mid == 0:
-            floor = enc
-        if len(enc.data) <= max_bytes:
-            best, lo = enc, mid + 1
-        else:
-            hi = mid - 1
-    if best is None:  # every size was too large, so index 0 was tried last
+    if max_bytes < 1:
+        raise CodecError(f"byte budget must be positive, got {max_bytes}")
+    index, tried = rate_search.largest_fitting(at, max_bytes, GRID_SIZE, start_index)
+    if index is None:   # index 0 was tried and was too large
         raise CodecError(f"budget of {max_bytes} bytes is below the smallest file this model makes "
-                         f"for this photo ({len(floor.data)} bytes at λ={lambda_of_index(0):g})")
-    return best
+                         f"for this photo ({len(tried[0].data)} bytes at λ={lambda_of_index(0):g})")
+    tried[index].tries = len(tried)
+    return tried[index]
 
 
 def bytes_for_bpp(bpp: float, width: int, height: int) -> int:

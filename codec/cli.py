@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--data", default="../shared/data/blades/drone_frames")
     bc.add_argument("--max-images", type=int, default=4)
     bc.add_argument("--model")
+    bb = sub.add_parser("bench-budget", help="encodes per photo when a byte budget picks λ: bisection vs search")
+    bb.add_argument("--data", default="../shared/data/blades/drone_frames")
+    bb.add_argument("--max-images", type=int, default=13)
+    bb.add_argument("--bpp", type=float, nargs="+", default=[0.1, 0.3], help="budgets in bits per pixel")
+    bb.add_argument("--model")
+    bb.add_argument("--threads", type=int, default=1)
     bm = sub.add_parser("bench-memory", help="peak RSS and time of encode/decode of a large photo")
     bm.add_argument("--megapixels", type=float, default=20.0)
     bm.add_argument("--threads", type=int, default=2)
@@ -236,6 +242,7 @@ COMMANDS = {
     "bench-runs": _lazy(".bench.compare_runs"),
     "bench-ceiling": _lazy(".bench.ceiling"),
     "bench-memory": _lazy(".bench.memory"),
+    "bench-budget": _lazy(".bench.budget"),
 }
 
 

@@ -37,6 +37,7 @@ class EdgeService:
         self.model = CodecModel.load(cfg.model)
         self.backend = select_backend(self.model, order=tuple(cfg.backend_order), threads=cfg.rate.threads,
                                       **cfg.backend.model_dump())
+        self.rate = rate_policy.RatePolicy(self.model, self.backend, cfg.rate)
         self._warm_up()
         self.link = Link(cfg.mqtt, wire.ack_topic(cfg.topic_root, cfg.site, cfg.drone))
         self.inflight: dict[str, tuple[int, float]] = {}   # image_id -> (connection generation, sent at)
@@ -46,8 +47,8 @@ class EdgeService:
 
     def _warm_up(self):
         # The first encode compiles and allocates; do it now so it is not mistaken for a hang later.
-        rate_policy.encode(self.model, self.backend, Photo(np.zeros((64, 64, 3), np.uint8)),
-                           self.cfg.rate.model_copy(update={"mode": "fixed"}))
+        fixed = self.cfg.rate.model_copy(update={"mode": "fixed"})
+        self.rate.encode(Photo(np.zeros((64, 64, 3), np.uint8)), fixed)
 
     # --- main loop -------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -159,7 +160,7 @@ class EdgeService:
         try:
             photo = read_photo(path)
             t0 = time.perf_counter()
-            enc = rate_policy.encode(self.model, self.backend, photo, self.cfg.rate)
+            enc = self.rate.encode(photo)
             encode_ms = (time.perf_counter() - t0) * 1000
         except CodecError as e:
             self._set_aside_bad_input(path, e)
@@ -170,10 +171,10 @@ class EdgeService:
         meta = {"image_id": image_id, "sha256": hashlib.sha256(enc.data).hexdigest(), "size": len(enc.data),
                 "drone": self.cfg.drone, "site": self.cfg.site, "name": path.name,
                 "lambda_index": enc.lambda_index, "t_detect": t_detect, "t_spooled": time.time(),
-                "encode_ms": encode_ms}
+                "encode_ms": encode_ms, "encodes": enc.tries}
         self.spool.add(image_id, enc.data, meta)
-        log.info("spooled %s as %s: %d bytes, λ index %d, %.0f ms", path.name, image_id, len(enc.data),
-                 enc.lambda_index, encode_ms)
+        log.info("spooled %s as %s: %d bytes, λ index %d, %.0f ms (%d encodes)", path.name, image_id,
+                 len(enc.data), enc.lambda_index, encode_ms, enc.tries)
         return True
 
     def _set_aside_bad_input(self, path: Path, err: Exception):

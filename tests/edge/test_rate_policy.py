@@ -6,7 +6,7 @@ from codec.errors import CodecError
 from codec.imageio import Photo
 from edge.backends import select_backend
 from edge.config import Rate
-from edge.rate_policy import encode
+from edge.rate_policy import RatePolicy
 from tests.conftest import synthetic_image
 
 
@@ -17,7 +17,7 @@ def backend(default_model):
 
 def test_fixed_lambda(default_model, backend):
     photo = Photo(synthetic_image(128, 192, seed=3))
-    enc = encode(default_model, backend, photo, Rate(mode="fixed", lambda_index=77, tile_px=1024))
+    enc = RatePolicy(default_model, backend, Rate(mode="fixed", lambda_index=77, tile_px=1024)).encode(photo)
     assert enc.lambda_index == 77
     assert api.read_container(default_model, enc.data).header.lambda_index == 77
 
@@ -27,7 +27,18 @@ def test_byte_budget_is_met_with_backend_transforms(default_model, backend):
     small = len(api.compress(default_model, photo, 0).data)
     large = len(api.compress(default_model, photo, 255).data)
     budget = (small + large) // 2
-    enc = encode(default_model, backend, photo, Rate(mode="budget", max_bytes=budget))
+    enc = RatePolicy(default_model, backend, Rate(mode="budget", max_bytes=budget)).encode(photo)
     assert 0.97 * budget <= len(enc.data) <= budget
     with pytest.raises(CodecError, match="budget"):
-        encode(default_model, backend, photo, Rate(mode="budget", max_bytes=max(64, small // 2)))
+        RatePolicy(default_model, backend, Rate(mode="budget", max_bytes=max(64, small // 2))).encode(photo)
+
+
+def test_budget_search_starts_at_the_previous_photos_index(default_model, backend):
+    """A run of similar photos: after the first, the previous answer fits and its successor does not."""
+    policy = RatePolicy(default_model, backend, Rate(mode="budget", max_bytes=2500))
+    first = policy.encode(Photo(synthetic_image(128, 192, seed=3)))
+    assert first.tries > 2 and policy.last_index == first.lambda_index
+    again = policy.encode(Photo(synthetic_image(128, 192, seed=3)))
+    assert (again.lambda_index, again.data, again.tries) == (first.lambda_index, first.data, 2)
+    fixed = policy.encode(Photo(synthetic_image(128, 192, seed=4)), Rate(mode="fixed", lambda_index=9))
+    assert fixed.lambda_index == 9 and policy.last_index == first.lambda_index

@@ -1,9 +1,9 @@
-"""The coder, memory, refinement, ceiling and training-speed benchmarks run and report sane figures."""
+"""The coder, memory, refinement, ceiling, training-speed and budget benchmarks run and report sane figures."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from codec.bench import ceiling, coder, memory, refinement, training_speed
+from codec.bench import budget, ceiling, coder, memory, refinement, training_speed
 from codec.errors import CodecError
 from tests.conftest import synthetic_image
 
@@ -62,3 +62,12 @@ def test_ceiling_crops_to_whole_z1_positions_and_names_a_bad_folder(tmp_path):
         ceiling.centre_crop(np.zeros((10, 70, 3), np.uint8))
     with pytest.raises(CodecError, match="no images"):
         ceiling.run(str(tmp_path), None)
+
+
+def test_budget_benchmark_agrees_with_bisection(tmp_path, tiny_model):
+    paths = sorted(_folder(tmp_path, n=2, h=64, w=96).glob("*.png"))
+    result = budget.run(tiny_model, paths, bpps=(0.5, 2.0), threads=1)
+    assert len(result["rows"]) == 4 and all(r["bisection"]["index"] is not None for r in result["rows"])
+    for name, s in result["summary"].items():
+        assert s["same_index"] == 4, name
+    assert result["summary"]["bisection"]["mean_tries"] >= 8 > result["summary"]["interpolating"]["mean_tries"]

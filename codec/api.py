@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import container, latent_coding, rans, rate_search
+from . import container, latent_coding, rate_search
 from .errors import BitstreamError, CodecError
 from .imageio import Photo
 from .lambdas import GRID_SIZE, lambda_of_index
@@ -22,8 +22,6 @@ MAX_PIXELS = container.MAX_PIXELS
 class Encoded:
     data: bytes
     lambda_index: int
-    ideal_bits: float     # what the integer tables assign to the symbols (the coder's target)
-    symbols: int
     latents: list | None = None   # the encoder's integer latents per level, when asked for
     tries: int = 1                # encodes it took (more than one when a byte budget chose λ)
 
@@ -62,18 +60,16 @@ def encode_latents(model: CodecModel, ys, geometry: TileGeometry, lambda_index: 
                    keep_latents=False):
     """Entropy-code continuous latents tile by tile, with the priors of this λ index.
 
-    Returns (payloads, ideal bits, symbol count, integer latents per level or None).
+    Returns (payloads, integer latents per level or None).
     """
     def one(regions):
         tile_ys = [y[:, rs, cs] for y, (rs, cs) in zip(ys, regions)]
-        payload, values, tables, zq = latent_coding.encode(tile_ys, model, lambda_index)
-        bits = rans.ideal_bits(values, tables, model.tables["cdfs"], model.tables["lengths"],
-                               model.tables["offsets"])
-        return payload, bits, values.size, zq if keep_latents else None
+        payload, _, _, zq = latent_coding.encode(tile_ys, model, lambda_index)
+        return payload, zq if keep_latents else None
 
     results = _map(one, geometry.tiles(), threads)
-    latents = _assemble(model, geometry, [r[3] for r in results]) if keep_latents else None
-    return [r[0] for r in results], float(sum(r[1] for r in results)), sum(r[2] for r in results), latents
+    latents = _assemble(model, geometry, [r[1] for r in results]) if keep_latents else None
+    return [r[0] for r in results], latents
 
 
 def compress(model: CodecModel, photo: Photo, lambda_index: int, tile_px: int = DEFAULT_TILE_PX,
@@ -107,12 +103,12 @@ def compress_latents(model: CodecModel, ys, photo: Photo, lambda_index: int, til
     expected = model.level_shapes(geometry.h1, geometry.w1)
     if [tuple(y.shape) for y in ys] != expected:
         raise CodecError(f"latent shapes {[tuple(y.shape) for y in ys]} do not match the image ({expected})")
-    payloads, bits, symbols, latents = encode_latents(model, ys, geometry, lambda_index, threads, keep_latents)
+    payloads, latents = encode_latents(model, ys, geometry, lambda_index, threads, keep_latents)
     header = container.Header(model.cfg.levels, lambda_index, model.model_id, geometry.width, geometry.height,
                               tile_px, *geometry.grid)
     meta = {container.META_EXIF: photo.exif, container.META_XMP: photo.xmp}
     data = container.write(container.Container(header, payloads, meta))
-    return Encoded(data, lambda_index, bits, symbols, latents)
+    return Encoded(data, lambda_index, latents)
 
 
 def read_container(model: CodecModel, data: bytes) -> container.Container:

@@ -29,7 +29,7 @@ def whole_image_reconstruction(model, pixels, lam_index):
     g = TileGeometry(w, h, 4096, model.cfg.levels)
     t = TorchTransforms(model.torch_model, lambda_of_index(lam_index))
     ys = analyse(t.image, t.latent, pixels, g, window=WHOLE)
-    payloads, _, _, zq = api.encode_latents(model, ys, g, lam_index, keep_latents=True)
+    payloads, zq = api.encode_latents(model, ys, g, lam_index, keep_latents=True)
     return synthesise(t.synth, (zq[0] / model.cfg.mean_grid).astype(np.float32), g, window=WHOLE), payloads
 
 

@@ -148,6 +148,20 @@ def test_shipped_configs_are_valid():
         assert cfg.steps > 0 and cfg.sources
 
 
+def test_the_default_run_starts_from_the_bundled_weights_on_a_new_machine():
+    """No checkpoint in run_dir: the default config's init_from is the bundled model, whose every weight fits
+    the configured model (none missing, none left over)."""
+    from codec import weights
+    from codec.train import build_model, load_weights, resolve
+
+    cfg = TrainConfig.from_yaml(PROJECT_ROOT / "codec" / "configs" / "default.yaml")
+    path = resolve(cfg.init_from)
+    assert path == PROJECT_ROOT / "codec" / "default_model" / "model.npz" and path.exists()
+    arrays, meta = weights.load_arrays(path)
+    assert load_weights(build_model(cfg), weights.float_state_dict(arrays)) == []
+    assert meta["train"]["step"] > 0
+
+
 def test_a_checkpoint_from_before_the_top_prior_resumes_and_learns_it(tmp_path, folders):
     train(TrainConfig(**config(tmp_path, folders, steps=3, model={**TINY, "top_prior": "logistic"})))
     old = torch.load(tmp_path / "run" / "last.pt", weights_only=False)

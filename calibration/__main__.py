@@ -22,6 +22,8 @@ def build_parser():
                    help="calibration ranges (default: percentile, 99.99th, for both targets)")
     q.add_argument("--target", default="tensorrt", choices=("tensorrt", "cpu"),
                    help="tensorrt: symmetric Q/DQ for TensorRT (default); cpu: QLinearConv for ONNX Runtime on CPU")
+    q.add_argument("--no-equalise", dest="equalise", action="store_false",
+                   help="cpu target: one output range per QLinearConv tensor instead of one per channel")
     r = sub.add_parser("rd", help="INT8 vs FP32: BD-rate, dB and speed-up under ONNX Runtime")
     r.add_argument("--onnx-dir", required=True, type=Path, help="folder with encoder[.int8].onnx, encoder_latent.onnx")
     r.add_argument("--model")
@@ -43,7 +45,7 @@ def main(argv=None) -> int:
             from .calibration_set import CalibrationSet
             from .quantize import quantize_encoder
             cal = CalibrationSet(**({"folder": args.calibration_dir} if args.calibration_dir else {}), count=args.count)
-            result = quantize_encoder(args.onnx, args.output, cal, args.method, args.target)
+            result = quantize_encoder(args.onnx, args.output, cal, args.method, args.target, args.equalise)
         else:
             from codec.runtime import CodecModel
             from .rd_cost import DEFAULT_DATA, measure

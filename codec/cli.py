@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     bb = sub.add_parser("bench-budget", help="encodes per photo when a byte budget picks λ: bisection vs search")
     bb.add_argument("--data", default="../shared/data/blades/drone_frames")
     bb.add_argument("--max-images", type=int, default=13)
+    bb.add_argument("--consecutive", action="store_true", help="the first photos in name order, not spread")
     bb.add_argument("--bpp", type=float, nargs="+", default=[0.1, 0.3], help="budgets in bits per pixel")
     bb.add_argument("--model")
     bb.add_argument("--threads", type=int, default=1)

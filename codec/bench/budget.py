@@ -69,13 +69,16 @@ def summarise(rows) -> dict:
 
 
 def main(args):
-    paths = spread(list_images(args.data), args.max_images)
+    paths = list_images(args.data)
+    # --consecutive: a run of frames as a drone shoots them; by default photos spread over the folder
+    paths = paths[:args.max_images] if args.consecutive else spread(paths, args.max_images)
     if not paths:
         raise CodecError(f"{args.data}: no photos")
     api._set_threads(args.threads)
     result = run(CodecModel.load(args.model), paths, args.bpp, args.threads)
     n = len(result["rows"])
-    print(f"{len(paths)} photos x budgets {args.bpp} bpp, {args.threads} thread(s)\n"
+    print(f"{len(paths)} {'consecutive' if args.consecutive else 'spread'} photos x budgets {args.bpp} bpp, "
+          f"{args.threads} thread(s)\n"
           "| search | encodes per photo (mean / max) | s/MP | same λ as bisection |\n|---|---|---|---|")
     for name, s in result["summary"].items():
         print(f"| {name} | {s['mean_tries']:.2f} / {s['max_tries']} | {s['s_per_mp']:.3f} | {s['same_index']}/{n} |")

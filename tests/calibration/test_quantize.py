@@ -144,3 +144,85 @@ def test_cpu_variant_is_qlinearconv_decodes_and_is_refused_for_tensorrt(default_
     assert ok, detail
     with pytest.raises(CodecError, match="unknown quantisation target"):
         quantize_encoder(image, cpu, target="gpu")
+
+
+def _photo_folder(tmp_path, n=3):
+    from PIL import Image
+    from tests.conftest import synthetic_image
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    for i in range(n):
+        Image.fromarray(synthetic_image(96, 128, seed=i)).save(folder / f"{i}.png")
+    return folder
+
+
+def _run(path, x, lam):
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x, "lam": np.array([lam], np.float32)})[0]
+
+
+def test_dividing_conv_outputs_by_their_ranges_keeps_the_function(default_model, tmp_path):
+    from calibration.calibration_set import make_reader
+    from calibration.channel_equalisation import MUL_PREFIX, channel_ranges, divide_outputs
+
+    image, _ = export_stamped(default_model, tmp_path)
+    convs = [n.name for n in onnx.load(str(image)).graph.node if n.op_type == "Conv"][1:-1]
+    reader = make_reader(CalibrationSet(_photo_folder(tmp_path), count=3, crop=(96, 128)))
+    ranges = channel_ranges(image, reader, convs)
+    assert set(ranges) == set(convs) and all(r.shape == (128,) and (r > 0).all() for r in ranges.values())
+    assert all(r.max() / r.min() > 2 for r in ranges.values())   # what per-tensor uint8 outputs waste
+    rng = np.random.default_rng(1)
+    spread_out = {n: r * rng.uniform(0.1, 10, r.shape).astype(np.float32) for n, r in ranges.items()}
+    divided = tmp_path / "divided.onnx"
+    divide_outputs(image, divided, spread_out)
+    assert sum(n.name.startswith(MUL_PREFIX) for n in onnx.load(str(divided)).graph.node) == len(convs)
+    x = np.random.default_rng(0).random((1, 3, 64, 96), dtype=np.float32)
+    for lam in (64.0, 8192.0):
+        np.testing.assert_allclose(_run(divided, x, lam), _run(image, x, lam), rtol=1e-4, atol=1e-4)
+
+
+def test_channel_ranges_trade_clipping_against_rounding():
+    from calibration.channel_equalisation import best_ranges, with_headroom
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (3, 20000)).astype(np.float32)
+    x[1, :5] = 60.0                                  # a few outliers: clipping them costs less than coarse steps
+    x[2] *= 0.01                                     # a narrow channel gets a narrow range
+    r = best_ranges(x)
+    assert 2 < r[0] < np.abs(x[0]).max() + 1e-6 and r[1] < 30 and r[2] < 0.05
+    wide = with_headroom(r)
+    assert (wide >= r).all() and (wide <= r.max()).all() and wide.argmax() == r.argmax()
+
+
+def test_cpu_variant_dequantises_each_channel_with_its_own_range(default_model, tmp_path):
+    """The equalising Muls are folded into per-channel DequantizeLinear scales (no extra node), and the
+    graph follows FP32 more closely than with one output range per tensor (the bundled model's channels
+    span very different ranges)."""
+    from calibration.channel_equalisation import MUL_PREFIX
+
+    image, _ = export_stamped(default_model, tmp_path)
+    cal = CalibrationSet(_photo_folder(tmp_path), count=3, crop=(96, 128))
+    graphs = {}
+    for equalise in (True, False):
+        graphs[equalise] = tmp_path / f"cpu_{equalise}.onnx"
+        assert quantize_encoder(image, graphs[equalise], cal, target="cpu", equalise=equalise)["passed"]
+    m = onnx.load(str(graphs[True]))
+    init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    producers = {o: n for n in m.graph.node for o in n.output}
+    assert not any(n.name.startswith(MUL_PREFIX) for n in m.graph.node)
+    per_channel = [n for n in m.graph.node if n.op_type == "DequantizeLinear"
+                   and producers.get(n.input[0]) is not None and producers[n.input[0]].op_type == "QLinearConv"]
+    assert len(per_channel) == 2
+    for dq in per_channel:
+        assert init[dq.input[1]].shape == init[dq.input[2]].shape == (128,)
+        assert next(a.i for a in dq.attribute if a.name == "axis") == 1
+    assert len(m.graph.node) == len(onnx.load(str(graphs[False])).graph.node)
+    x = centre_crop(synthetic_photo(), (96, 128))
+    error = {e: float(np.sqrt(np.mean((_run(g, x, 1024.0) - _run(image, x, 1024.0)) ** 2))) for e, g in graphs.items()}
+    assert error[True] < error[False], error
+
+
+def synthetic_photo():
+    from tests.conftest import synthetic_image
+    return synthetic_image(96, 128, seed=7)

@@ -1,11 +1,13 @@
-"""The largest λ grid index whose file fits a byte budget, in few encodes.
+"""The largest λ grid index whose file fits a byte budget, in about half the encodes of bisection.
 
 Every try is a whole encode (the analysis is conditioned on λ, so nothing carries over between λ), which
 made the bisection of the whole 256-point grid cost 8 encodes per photo. A file's size is close to
 exponential in the grid index (log bytes rises ~0.0087 per index on blade frames and on Kodak: 0.049 ->
 0.465 bpp and 0.146 -> 1.246 bpp from index 0 to 255), so interpolating log size between the tries lands
-next to the answer after one or two of them; a search that starts at the previous photo's answer (a drone
-takes runs of similar photos) often needs two: that index fits, the next one does not.
+near the answer after one or two of them. Finishing takes two neighbouring tries (one fits, the next does
+not), and the local slope wobbles ±15 % along the grid, so a photo takes about 4 tries in all (measured by
+`python -m codec bench-budget`); a search started at the previous photo's answer needs only 2 when that
+answer still holds.
 
 The answer is the same as bisection's wherever size grows with the index: an index that fits whose
 successor does not (or 255). Each guess is kept close enough to the middle of the bracket that the search

@@ -17,8 +17,9 @@ The latent graph (`encoder_latent.onnx`, ~3 % of the MACs) is not quantised.
 
 ONNX Runtime's CPU provider runs that Q/DQ graph as dequantise + float Conv (no faster than FP32), so a
 second, CPU-only variant exists for drones that fall back to ONNX Runtime on the CPU (`target="cpu"`).
-Since session 10 its QLinearConv outputs are dequantised per channel (channel_equalisation.py): on model
-dfd2b788 (10 blade frames) -0.32 dB BD-PSNR against -0.51 dB with one output range per tensor.
+Since session 10 its QLinearConv outputs are dequantised per channel (channel_equalisation.py): 10 blade
+frames, BD-PSNR -0.32 dB against -0.51 dB with one output range per tensor on model dfd2b788, -0.52 against
+-0.77 dB on model 9df5ec27.
 """
 from __future__ import annotations
 
@@ -48,7 +49,9 @@ CPU_GRAPH = "encoder.int8cpu.onnx"   # conventional name of the CPU variant, nex
 # the Q/DQ graph 0.21 dB, the CPU variant 0.50 dB (its loss grows with training, most of it at λ 8192), and
 # 0.28 dB once its first Conv stayed in float (session 9, float_convs). Model dfd2b788 (session 9, 10,000
 # steps further): the Q/DQ graph 0.34 dB, 0.28 with its first Conv in float (now the default); the CPU
-# variant 0.51 dB (first Conv in float), 0.31 with the third too.
+# variant 0.51 dB (first Conv in float), 0.31 with the third too. Model 9df5ec27 (session 10, 7,200 steps
+# further): the Q/DQ graph 0.55 dB (0.79 at the 99.999th percentile, 0.89 at 99.95), the CPU variant 0.77 dB,
+# 0.52 with per-channel output ranges.
 DEFAULT_METHOD = {"tensorrt": "percentile", "cpu": "percentile"}
 # The percentile the ranges keep. CPU variant, model 213e8884 (session 6): ONNX Runtime's default 99.999 lost
 # 0.38 dB, 99.9999 0.65 dB, 99.99 0.29 dB, 99.9 1.33 dB (model 3d9427f0: 0.31 dB at 99.99, 0.34 at 99.98,

@@ -7,7 +7,7 @@ from codec.lambdas import lambda_of_index
 
 class RatePolicy:
     """Encodes photos at the configured rate. In budget mode the search for λ starts at the previous
-    photo's answer: a drone's photos come in runs of similar frames, so that index or its neighbour fits."""
+    photo's answer: a drone's photos come in runs of similar frames, whose answers lie close together."""
 
     def __init__(self, model, backend, rate):
         self.model, self.backend, self.rate = model, backend, rate

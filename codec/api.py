@@ -64,7 +64,7 @@ def encode_latents(model: CodecModel, ys, geometry: TileGeometry, lambda_index: 
     """
     def one(regions):
         tile_ys = [y[:, rs, cs] for y, (rs, cs) in zip(ys, regions)]
-        payload, _, _, zq = latent_coding.encode(tile_ys, model, lambda_index)
+        payload, zq = latent_coding.encode(tile_ys, model, lambda_index)
         return payload, zq if keep_latents else None
 
     results = _map(one, geometry.tiles(), threads)

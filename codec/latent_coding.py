@@ -62,10 +62,11 @@ def _quantise_checkerboard(y, zq_above, model, lambda_index, values, tables):
 
 
 def encode(ys, model, lambda_index: int):
+    """Returns (the tile's payload, zq per level)."""
     values, table_idx, zq = quantise(ys, model, lambda_index)
     t = model.tables
     words = rans.encode(values, table_idx, t["cdfs"], t["lengths"], t["offsets"])
-    return words.astype("<u4").tobytes(), values, table_idx, zq
+    return words.astype("<u4").tobytes(), zq
 
 
 def decode(payload: bytes, shapes, model, lambda_index: int):

@@ -30,11 +30,11 @@ class Search:
     max_bytes: int
     size: int                   # grid size
     fits: int = -1
-    fails: int = -1
+    fails: int = field(init=False)
     sizes: dict = field(default_factory=dict)   # index -> file size of every try
 
     def __post_init__(self):
-        self.fails = self.size
+        self.fails = self.size   # index `size` stands for "beyond the grid", which never fits
 
     @property
     def done(self) -> bool:

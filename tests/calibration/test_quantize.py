@@ -13,7 +13,8 @@ from codec.imageio import read_photo
 from codec.lambdas import index_of_lambda, lambda_of_index
 from codec.onnx_export import MODEL_ID_KEY, OrtTransforms, export_stamped
 from export import graph_checks, parity
-from tests.conftest import DATA, blade_photos, need_data
+from tests.conftest import DATA, blade_photos, need_data, synthetic_image
+from tests.deploy.harness import make_photos
 
 NORDTANK = DATA / "blades" / "dtu_nordtank"
 
@@ -146,13 +147,9 @@ def test_cpu_variant_is_qlinearconv_decodes_and_is_refused_for_tensorrt(default_
         quantize_encoder(image, cpu, target="gpu")
 
 
-def _photo_folder(tmp_path, n=3):
-    from PIL import Image
-    from tests.conftest import synthetic_image
+def _photo_folder(tmp_path):
     folder = tmp_path / "calibration"
-    folder.mkdir()
-    for i in range(n):
-        Image.fromarray(synthetic_image(96, 128, seed=i)).save(folder / f"{i}.png")
+    make_photos(folder, 3, h=96, w=128)
     return folder
 
 
@@ -218,11 +215,6 @@ def test_cpu_variant_dequantises_each_channel_with_its_own_range(default_model, 
         assert init[dq.input[1]].shape == init[dq.input[2]].shape == (128,)
         assert next(a.i for a in dq.attribute if a.name == "axis") == 1
     assert len(m.graph.node) == len(onnx.load(str(graphs[False])).graph.node)
-    x = centre_crop(synthetic_photo(), (96, 128))
+    x = centre_crop(synthetic_image(96, 128, seed=7), (96, 128))
     error = {e: float(np.sqrt(np.mean((_run(g, x, 1024.0) - _run(image, x, 1024.0)) ** 2))) for e, g in graphs.items()}
     assert error[True] < error[False], error
-
-
-def synthetic_photo():
-    from tests.conftest import synthetic_image
-    return synthetic_image(96, 128, seed=7)

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export-model", help="float weights -> complete model (integer priors, CDF tables)")
     e.add_argument("--weights", required=True, help="a training run's best.npz or last.pt")
     e.add_argument("-o", "--output", required=True)
+    e.add_argument("--int8-analysis", help="a quantisation-aware run's last.npz, tuned against --weights: its "
+                                           "image analysis is what INT8 graphs are made from")
     b = sub.add_parser("bench", help="rate-distortion and speed against JPEG, WebP, JPEG 2000, AVIF, JPEG XL, HEIC")
     b.add_argument("--data", action="append", required=True, help="image folder (repeatable)")
     b.add_argument("--out", required=True)

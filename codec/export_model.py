@@ -1,8 +1,9 @@
 """Turn trained float weights into a complete codec model: integer priors + CDF tables.
 
-`python -m codec export-model --weights RUN/best.npz -o codec/default_model/model.npz`
+`python -m codec export-model --weights RUN/best.npz -o codec/default_model/model.npz [--int8-analysis QAT/last.npz]`
 Calibration uses training images only (never Kodak). The rate cost of exactness is measured on the
-validation images and written into the model's metadata.
+validation images and written into the model's metadata. --int8-analysis adds the image analysis of a
+quantisation-aware run tuned against these weights (quantisation_aware.py), which INT8 graphs are made from.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from .imageio import read_rgb
 from .integer_prior import convert
 from .lambdas import index_of_lambda, lambda_of_index
 from .model import NestedLatentCodec, anchor_mask, scale_table
-from .runtime import CONTEXT_PREFIX, TOP_INDEX_KEY, CodecModel, prior_prefix
+from .runtime import CONTEXT_PREFIX, IMAGE_ANALYSIS, TOP_INDEX_KEY, CodecModel, prior_prefix
 from .train import PROJECT_ROOT, load_float
 
 log = logging.getLogger("codec.export")
@@ -111,11 +112,53 @@ def exactness_cost(model: CodecModel, images, lambdas=(64.0, 1024.0, 8192.0)) ->
             "cost_percent": round(100 * (int_bits / float_bits - 1), 3)}
 
 
-def export(weights_path, out_path, val_dir="../shared/data/blades/drone_frames", val_images=6) -> dict:
+def int8_analysis_arrays(arrays: dict, tuned_path) -> tuple[dict, dict]:
+    """(arrays, training info) of the image analysis of a quantisation-aware run (quantisation_aware.py),
+    checked to have been tuned against the float weights in `arrays`: everything else must be equal."""
+    tuned, info = load_float(tuned_path)
+    theirs = weights.float_arrays(tuned.state_dict())
+    if theirs.keys() != {k for k in arrays if k.startswith(weights.FLOAT_PREFIX)}:
+        raise CodecError(f"{tuned_path}: the INT8 analysis is of another model configuration")
+    image = weights.FLOAT_PREFIX + IMAGE_ANALYSIS
+    differ = [k for k, v in theirs.items() if not k.startswith(image) and not np.array_equal(v, arrays[k])]
+    if differ:
+        raise CodecError(f"{tuned_path}: not tuned against these weights ({differ[0][len(weights.FLOAT_PREFIX):]} "
+                         "differs); an INT8 analysis must leave the synthesis and priors as they are")
+    return {weights.INT8_PREFIX + k[len(weights.FLOAT_PREFIX):]: v for k, v in theirs.items()
+            if k.startswith(image)}, info
+
+
+EQUALISATION_PHOTOS = "../shared/data/train"   # beside the INT8 calibration set: varied photos, 256 px crops
+
+
+def equalise_for_int8(net) -> dict | None:
+    """Cross-layer equalisation of the image analysis (activation_equalisation.py) on the INT8 calibration
+    set and on varied training photos: the same function, balanced channel ranges in the INT8 graph. None
+    when its GDNs do not fold."""
+    from calibration.calibration_set import CalibrationSet   # calibration builds on codec: imported late
+    from .activation_equalisation import equalise
+    from .inference_analysis import foldable
+    from .quantisation_aware import Calibration
+
+    if not foldable(net.analysis.image):
+        return None
+    calibration = Calibration(CalibrationSet())
+    varied = Calibration(CalibrationSet(PROJECT_ROOT / EQUALISATION_PHOTOS, count=32, crop=(256, 256)))
+    return equalise(net.analysis.image, net.cfg, [calibration.samples, varied.samples], calibration.percentile)
+
+
+def export(weights_path, out_path, val_dir="../shared/data/blades/drone_frames", val_images=6,
+           int8_analysis=None) -> dict:
     net, train_info = load_float(weights_path)
     net.eval()
+    equalisation = equalise_for_int8(net)
     arrays = build_model_arrays(net, calibration_images())
-    meta = {"config": net.cfg.to_dict(), "train": train_info, "source": str(weights_path)}
+    meta = {"config": net.cfg.to_dict(), "train": train_info, "source": str(weights_path),
+            "int8_equalisation": equalisation}
+    if int8_analysis:
+        int8_arrays, int8_info = int8_analysis_arrays(arrays, int8_analysis)
+        arrays.update(int8_arrays)
+        meta["int8_analysis"] = {"source": str(int8_analysis), "train": int8_info}
     weights.save_arrays(out_path, arrays, meta)
     model = CodecModel.load(out_path)
     val = [image_tensor(read_rgb(p), 768) for p in list_images(PROJECT_ROOT / val_dir)[:val_images]]
@@ -127,5 +170,5 @@ def export(weights_path, out_path, val_dir="../shared/data/blades/drone_frames",
 
 def main(args):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    meta = export(args.weights, args.output)
+    meta = export(args.weights, args.output, int8_analysis=args.int8_analysis)
     print(f"wrote {args.output}; rate cost of the integer prior: {meta.get('exactness')}")

@@ -31,10 +31,11 @@ class _LatentChain(nn.Module):
         return tuple(ys)
 
 
-def export_image_analysis(net, path, opset: int = OPSET):
+def export_image_analysis(image, path, opset: int = OPSET):
+    """image: an ImageAnalysis module (the model's, or its INT8-tuned twin)."""
     x = torch.rand(1, 3, 64, 96)
     lam = torch.tensor([256.0])
-    graph = inference_image_analysis(net.analysis.image)   # an exact rewrite with fewer memory passes
+    graph = inference_image_analysis(image)   # an exact rewrite with fewer memory passes
     torch.onnx.export(graph, (x, lam), str(path), input_names=["x", "lam"], output_names=["y1"],
                       dynamic_axes={"x": {2: "height", 3: "width"}, "y1": {2: "h1", 3: "w1"}},
                       opset_version=opset, dynamo=False)
@@ -55,7 +56,7 @@ def export_analysis(net, out_dir) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     image_path, latent_path = out_dir / "encoder.onnx", out_dir / "encoder_latent.onnx"
-    export_image_analysis(net, image_path)
+    export_image_analysis(net.analysis.image, image_path)
     export_latent_analysis(net, latent_path)
     return image_path, latent_path
 
@@ -119,3 +120,18 @@ def export_stamped(model, out_dir) -> tuple[Path, Path]:
     for p in paths:
         stamp_model_id(p, model.model_id)
     return paths
+
+
+INT8_SOURCE_GRAPH = "encoder.qat.onnx"
+
+
+def export_int8_source(model, out_dir) -> Path | None:
+    """The float graph of the model's INT8-tuned image analysis (quantisation_aware.py), stamped, which
+    INT8 graphs are calibrated and quantised from; None when the model has no such analysis (then INT8
+    graphs come from encoder.onnx). It feeds the same encoder_latent.onnx."""
+    if model.int8_image_analysis is None:
+        return None
+    path = Path(out_dir) / INT8_SOURCE_GRAPH
+    export_image_analysis(model.int8_image_analysis, path)
+    stamp_model_id(path, model.model_id)
+    return path

@@ -19,6 +19,7 @@ from .spatial_context import IntegerContext
 TABLE_KEYS = ("cdfs", "lengths", "offsets")
 TOP_INDEX_KEY = "top/index"
 CONTEXT_PREFIX = "context/"
+IMAGE_ANALYSIS = "analysis.image."   # the float weights of the image analysis (what the drone runs per window)
 
 
 def prior_prefix(level: int) -> str:
@@ -87,6 +88,23 @@ class CodecModel:
         for p in net.parameters():
             p.requires_grad_(False)
         return net
+
+    @cached_property
+    def int8_image_analysis(self):
+        """The image analysis fine-tuned for INT8 graphs (quantisation_aware.py; its float weights, which
+        `calibration/quantize.py` quantises), or None when the model file has none."""
+        from .layers import use_elementwise_gdns
+        from .model import ImageAnalysis
+
+        state = weights.float_state_dict(self._arrays, weights.INT8_PREFIX + IMAGE_ANALYSIS)
+        if not state:
+            return None
+        image = ImageAnalysis(self.cfg)
+        image.load_state_dict(state)
+        use_elementwise_gdns(image)
+        for p in image.eval().parameters():
+            p.requires_grad_(False)
+        return image
 
     def float_arrays(self) -> dict:
         return {k: v for k, v in self._arrays.items() if k.startswith(weights.FLOAT_PREFIX)}

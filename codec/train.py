@@ -81,6 +81,12 @@ class TrainConfig:
     lambda_weight_power: float = 0.0   # each sample's loss times (λ_mid/λ)^p, λ_mid the range's geometric mean:
                                        # p > 0 gives low-λ samples, whose losses are an order of magnitude smaller,
                                        # a larger share of the gradient (0: plain mean)
+    train_only: list = field(default_factory=list)   # parameter-name prefixes that train ("analysis."); the
+                                                     # rest stay frozen (empty: everything trains)
+    quantisation_aware: bool = False   # the image analysis runs as the INT8 Q/DQ graph computes it
+                                       # (quantisation_aware.py); its activation ranges are re-measured
+    recalibrate_every: int = 100       # every this many steps, and before each validation
+    calibration_dir: str = ""          # the INT8 calibration photos ("": calibration/calibration_set.py's)
 
     @classmethod
     def from_yaml(cls, path):
@@ -415,8 +421,11 @@ def _train(cfg: TrainConfig):
         torch.manual_seed(cfg.seed + 1_000_003 * data_parallel.rank())   # its own quantisation noise
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    calibration = quantisation_aware(cfg, model)   # before the optimiser: it makes new parameters
+    opt = torch.optim.Adam(trainable(model, cfg.train_only), lr=cfg.lr)
     step, best, saved_average = restore(cfg, run_dir, model, opt, sampler)
+    if calibration:
+        calibration(model.analysis.image)
     average = restore_average(cfg, model, saved_average)
     measured = average.model if average else model
     forward = compiled(model) if cfg.compile else model   # validation stays eager: other shapes
@@ -443,6 +452,8 @@ def _train(cfg: TrainConfig):
         if average:
             average.update(model)
         step += 1
+        if calibration and step % cfg.recalibrate_every == 0:
+            calibration(model.analysis.image)
         window.append((*figures[:3], time.time() - t0, *figures[3:]))
         if step % 50 == 0:
             _log_progress(step, window, distiller is not None)
@@ -452,6 +463,8 @@ def _train(cfg: TrainConfig):
         last = step >= cfg.steps or data_parallel.any_process(_out_of_time(cfg, cpu_start))
         validating = step % cfg.val_every == 0 or last
         if validating and main_process:   # first, so the one checkpoint below records the new best score
+            if calibration:
+                calibration(measured.analysis.image)
             best = validate(cfg, validator, measured, run_dir, step, wall, best)
         if step % cfg.checkpoint_every == 0 or validating:
             states = data_parallel.gather(random_states(sampler))
@@ -460,6 +473,30 @@ def _train(cfg: TrainConfig):
                 _write_wall(run_dir, wall)
             data_parallel.barrier()   # the others wait while the first validates and writes
     log.info("finished at step %d", step)
+
+
+def trainable(model, prefixes: list) -> list:
+    """The parameters whose names start with one of prefixes (all when there are none); freezes the rest."""
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(not prefixes or any(name.startswith(x) for x in prefixes))
+        if p.requires_grad:
+            params.append(p)
+    if not params:
+        raise CodecError(f"train_only {prefixes} matches no parameter of the model")
+    return params
+
+
+def quantisation_aware(cfg: TrainConfig, model):
+    """With quantisation_aware set: switch the model's image analysis to its INT8 form and return the
+    calibration that sets its activation ranges; else None."""
+    if not cfg.quantisation_aware:
+        return None
+    from calibration.calibration_set import CalibrationSet   # calibration builds on codec: imported late
+    from .quantisation_aware import Calibration, make_quantisation_aware
+
+    make_quantisation_aware(model)
+    return Calibration(CalibrationSet(resolve(cfg.calibration_dir)) if cfg.calibration_dir else CalibrationSet())
 
 
 def _step(cfg: TrainConfig, model, forward, opt, distiller, x, lam) -> tuple:

@@ -17,6 +17,7 @@ from .errors import CodecError
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "default_model" / "model.npz"
 FLOAT_PREFIX = "float/"
+INT8_PREFIX = "int8/"   # optional: the image analysis fine-tuned for the INT8 graph (quantisation_aware.py)
 MAX_MODEL_BYTES = 64 * 1024 * 1024
 
 
@@ -66,13 +67,12 @@ def load_arrays(path):
     return arrays, meta
 
 
-def float_state_dict(arrays: dict):
+def float_state_dict(arrays: dict, prefix: str = FLOAT_PREFIX):
     """The float network weights as torch tensors (stored as float16 to keep the file small)."""
     import torch
 
-    return {k[len(FLOAT_PREFIX):]: torch.from_numpy(v.astype(np.float32))
-            for k, v in arrays.items() if k.startswith(FLOAT_PREFIX)}
+    return {k[len(prefix):]: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items() if k.startswith(prefix)}
 
 
-def float_arrays(state_dict) -> dict:
-    return {FLOAT_PREFIX + k: v.detach().cpu().numpy().astype(np.float16) for k, v in state_dict.items()}
+def float_arrays(state_dict, prefix: str = FLOAT_PREFIX) -> dict:
+    return {prefix + k: v.detach().cpu().numpy().astype(np.float16) for k, v in state_dict.items()}

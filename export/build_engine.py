@@ -117,12 +117,16 @@ def onnx_stages(args, model, report: dict) -> dict:
 def int8_stages(args, model, report, image, latent, table) -> Path:
     from calibration.calibration_set import CalibrationSet
     from calibration.quantize import quantize_encoder
+    from codec.onnx_export import export_int8_source
     from export import graph_checks, parity
 
     int8 = args.output_dir / "encoder.int8.onnx"
     cal = CalibrationSet(**({"folder": args.calibration_dir} if args.calibration_dir else {}),
                          count=args.calibration_count)
-    stage(report, "int8_quantisation", lambda: {**quantize_encoder(image, int8, cal), "calibration": cal.describe()})
+    # a model with an INT8-tuned image analysis (codec/quantisation_aware.py) is quantised from that one
+    source = export_int8_source(model, args.output_dir) or image
+    report["files"]["encoder_int8_source"] = str(source)
+    stage(report, "int8_quantisation", lambda: {**quantize_encoder(source, int8, cal), "calibration": cal.describe()})
     report["files"]["encoder_int8"] = str(int8)
     stage(report, "int8_tensorrt_operators", lambda: graph_checks.check_tensorrt_ops(int8, table).as_dict())
     # INT8 moves some latents across rounding boundaries by design: what must hold is that every

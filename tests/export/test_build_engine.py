@@ -137,6 +137,42 @@ def test_build_engine_script_without_tensorrt(tiny_model, tmp_path):
     assert (tmp_path / "encoder.onnx").is_file() and (tmp_path / "encoder_latent.onnx").is_file()
 
 
+def test_build_engine_quantises_the_int8_analysis_when_the_model_has_one(tmp_path):
+    """A model file with an INT8-tuned image analysis (codec/quantisation_aware.py): --int8 exports it as
+    encoder.qat.onnx and quantises that, while encoder.onnx stays the float analysis."""
+    import torch
+    from PIL import Image
+
+    from codec import weights
+    from codec.export_model import int8_analysis_arrays
+    from codec.runtime import CodecModel
+    from tests.codec.test_quantisation_aware import model_with_int8_analysis
+
+    arrays, tuned_path, twin = model_with_int8_analysis(tmp_path)
+    weights.save_arrays(tmp_path / "model.npz", {**arrays, **int8_analysis_arrays(arrays, tuned_path)[0]},
+                        {"config": twin.cfg.to_dict()})
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        Image.fromarray(synthetic_image(96, 128, seed=i)).save(photos / f"{i}.png")
+    out = tmp_path / "out"
+    result = _run_script("--output-dir", str(out), "--model", str(tmp_path / "model.npz"), "--int8",
+                         "--photos", str(photos), "--num-photos", "1", "--lambdas", "512",
+                         "--calibration-dir", str(photos), "--calibration-count", "4")
+    assert result.returncode in (0, 3), result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["files"]["encoder_int8_source"] == str(out / "encoder.qat.onnx")
+    assert report["checks"]["int8_quantisation"]["passed"] and report["checks"]["ort_int8_decodes"]["passed"]
+    model = CodecModel.load(tmp_path / "model.npz")
+    x = synthetic_image(96, 128, seed=9).transpose(2, 0, 1)[None].astype(np.float32) / 255
+    run = lambda graph: OrtTransforms.from_files(out / graph, out / "encoder_latent.onnx", 512.0).image(x)
+    with torch.no_grad():
+        tuned = model.int8_image_analysis(torch.from_numpy(x), torch.tensor([512.0])).numpy()
+        plain = model.torch_model.analysis.image(torch.from_numpy(x), torch.tensor([512.0])).numpy()
+    assert np.allclose(run("encoder.qat.onnx"), tuned, atol=1e-4)
+    assert np.allclose(run("encoder.onnx"), plain, atol=1e-4) and not np.allclose(tuned, plain, atol=1e-3)
+
+
 def test_build_engine_script_fails_on_an_unsupported_operator(tiny_model, tmp_path):
     table = (graph_checks.DEFAULT_OPS_TABLE.read_text().replace("\nConv\tY", "\nConv\tN"))
     ops = tmp_path / "ops.tsv"

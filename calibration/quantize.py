@@ -15,6 +15,12 @@ What TensorRT's explicit quantisation needs, and why each option is set:
   dfd2b788 (session 9, 10 blade frames) quantising it cost 0.06 dB of the graph's 0.34.
 The latent graph (`encoder_latent.onnx`, ~3 % of the MACs) is not quantised.
 
+The graph quantised is already balanced for this: every model export rescales the analysis's channels
+(cross-layer equalisation, `codec/activation_equalisation.py`; the same function) so that one scale per
+tensor serves all channels. On model 9df5ec27 (session 11, 10 blade frames) that took the Q/DQ graph from
+-0.55 to -0.07 dB BD-PSNR and the CPU variant from -0.52 to -0.12 dB. A model file may also carry an image
+analysis fine-tuned for INT8 (`codec/quantisation_aware.py`); export/build_engine.py then quantises that one.
+
 ONNX Runtime's CPU provider runs that Q/DQ graph as dequantise + float Conv (no faster than FP32), so a
 second, CPU-only variant exists for drones that fall back to ONNX Runtime on the CPU (`target="cpu"`).
 Since session 10 its QLinearConv outputs are dequantised per channel (channel_equalisation.py): 10 blade
@@ -51,7 +57,7 @@ CPU_GRAPH = "encoder.int8cpu.onnx"   # conventional name of the CPU variant, nex
 # steps further): the Q/DQ graph 0.34 dB, 0.28 with its first Conv in float (now the default); the CPU
 # variant 0.51 dB (first Conv in float), 0.31 with the third too. Model 9df5ec27 (session 10, 7,200 steps
 # further): the Q/DQ graph 0.55 dB (0.79 at the 99.999th percentile, 0.89 at 99.95), the CPU variant 0.77 dB,
-# 0.52 with per-channel output ranges.
+# 0.52 with per-channel output ranges. The same weights equalised (181f9d0b, session 11): 0.07 and 0.12 dB.
 DEFAULT_METHOD = {"tensorrt": "percentile", "cpu": "percentile"}
 # The percentile the ranges keep. CPU variant, model 213e8884 (session 6): ONNX Runtime's default 99.999 lost
 # 0.38 dB, 99.9999 0.65 dB, 99.99 0.29 dB, 99.9 1.33 dB (model 3d9427f0: 0.31 dB at 99.99, 0.34 at 99.98,

@@ -74,5 +74,5 @@ def float_state_dict(arrays: dict, prefix: str = FLOAT_PREFIX):
     return {k[len(prefix):]: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items() if k.startswith(prefix)}
 
 
-def float_arrays(state_dict, prefix: str = FLOAT_PREFIX) -> dict:
-    return {prefix + k: v.detach().cpu().numpy().astype(np.float16) for k, v in state_dict.items()}
+def float_arrays(state_dict) -> dict:
+    return {FLOAT_PREFIX + k: v.detach().cpu().numpy().astype(np.float16) for k, v in state_dict.items()}

@@ -77,8 +77,8 @@ def rescale_channels(gdn, film, e: torch.Tensor):
     """GDN β, γ and FiLM gain of each channel times e: the same function, h_c times e_c once folded."""
     beta, gamma = gdn.beta(), gdn.gamma_diagonal()
     gdn.beta_param.copy_((beta * e - 1e-6).clamp_min(0).sqrt())   # beta() = beta_param² + 1e-6
-    gdn.gamma_param.view(len(e), len(e)).diagonal().copy_((gamma * e).sqrt())
-    out = film.net[-1]   # its first half is the gain minus one: (1 + s)·e = 1 + (e·s + e - 1)
     c = len(e)
+    gdn.gamma_param.view(c, c).diagonal().copy_((gamma * e).sqrt())
+    out = film.net[-1]   # its first half is the gain minus one: (1 + s)·e = 1 + (e·s + e - 1)
     out.weight[:c].mul_(e.view(-1, 1))
     out.bias[:c].copy_(e * (1 + out.bias[:c]) - 1)

@@ -78,6 +78,19 @@ def foldable(image) -> bool:
     return all(g.is_diagonal() and not g.inverse and bool((g.gamma_diagonal() > 0).all()) for g in image.gdns)
 
 
+def folded_conv(image, i: int):
+    """(weight, bias) of Conv i of the rewritten analysis, a differentiable function of image's parameters:
+    times γ/β of the GDN after it per output channel, divided by γ of the GDN before it per input channel.
+    The INT8 emulation (quantisation_aware.py) folds with this too, so it quantises the weights exported."""
+    w, b = image.convs[i].weight, image.convs[i].bias
+    if i < len(image.gdns):
+        ratio = image.gdns[i].gamma_diagonal() / image.gdns[i].beta()
+        w, b = w * ratio.view(-1, 1, 1, 1), b * ratio
+    if i > 0:
+        w = w / image.gdns[i - 1].gamma_diagonal().view(1, -1, 1, 1)
+    return w, b
+
+
 class InferenceImageAnalysis(nn.Module):
     """Same function as ImageAnalysis (x, λ) -> y1, rewritten as described above."""
 
@@ -88,12 +101,12 @@ class InferenceImageAnalysis(nn.Module):
         convs = copy.deepcopy(image.convs)
         self.films = image.films
         with torch.no_grad():
+            for i, conv in enumerate(convs):
+                weight, bias = folded_conv(image, i)
+                conv.weight.copy_(weight)
+                conv.bias.copy_(bias)
             for i, gdn in enumerate(image.gdns):
-                gamma, beta = gdn.gamma_diagonal(), gdn.beta()
-                convs[i].weight.mul_((gamma / beta).view(-1, 1, 1, 1))
-                convs[i].bias.mul_(gamma / beta)
-                convs[i + 1].weight.div_(gamma.view(1, -1, 1, 1))
-                self.register_buffer(f"gamma{i}", gamma.view(1, -1, 1, 1))
+                self.register_buffer(f"gamma{i}", gdn.gamma_diagonal().view(1, -1, 1, 1))
         convs[0] = space_to_depth_conv(convs[0])
         self.convs = convs
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import CodecError
-from .inference_analysis import foldable
+from .inference_analysis import foldable, folded_conv
 from .layers import rate_gain
 from .model import ImageAnalysis
 
@@ -70,13 +70,7 @@ class QuantisationAwareImageAnalysis(ImageAnalysis):
 
     def folded(self, i: int):
         """(weight, bias) of Conv i in the inference graph, as a differentiable function of the parameters."""
-        w, b = self.convs[i].weight, self.convs[i].bias
-        if i < len(self.gdns):
-            ratio = self.gdns[i].gamma_diagonal() / self.gdns[i].beta()
-            w, b = w * ratio.view(-1, 1, 1, 1), b * ratio
-        if i > 0:
-            w = w / self.gdns[i - 1].gamma_diagonal().view(1, -1, 1, 1)
-        return w, b
+        return folded_conv(self, i)
 
     def forward(self, x, lam, taps: list | None = None):
         """y1 as the INT8 graph computes it; taps, when given, receives each quantised Conv input (before

@@ -5,7 +5,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from calibration.calibration_set import CalibrationSet
 from calibration.quantize import PERCENTILE, quantize_encoder
@@ -16,6 +15,7 @@ from codec.onnx_export import OrtTransforms, export_stamped
 from codec.runtime import CodecModel
 from codec.quantisation_aware import Calibration
 from tests.codec.test_quantisation_aware import diagonal_model
+from tests.deploy.harness import make_photos
 from tests.conftest import DATA, need_data, synthetic_image
 
 
@@ -33,8 +33,7 @@ def unbalanced_model():
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     d = tmp_path_factory.mktemp("equalisation_photos")
-    for i in range(6):
-        Image.fromarray(synthetic_image(96, 128, seed=20 + i)).save(d / f"{i}.png")
+    make_photos(d, 6, 96, 128)
     return CalibrationSet(d, count=6, crop=(96, 128))
 
 
@@ -50,7 +49,7 @@ def test_rescaling_channels_keeps_the_function():
     assert not torch.equal(net.analysis.image.gdns[1].beta_param, before.analysis.image.gdns[1].beta_param)
 
 
-def test_equalisation_balances_the_channels_keeps_the_function_and_is_idempotent(photos):
+def test_equalisation_balances_the_channels_keeps_the_function_and_a_second_pass_does_little(photos):
     net = unbalanced_model()
     before = copy.deepcopy(net)
     samples = Calibration(photos).samples

@@ -5,7 +5,6 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from PIL import Image
 
 from calibration.calibration_set import CalibrationSet
 from codec import weights
@@ -19,6 +18,7 @@ from codec.quantisation_aware import (LEVELS, Calibration, QuantisationAwareImag
                                       make_quantisation_aware, percentile, weight_scale)
 from codec.train import TrainConfig, export_float_model, load_float, train
 from tests.codec.test_train import TINY, config
+from tests.deploy.harness import make_photos
 from tests.conftest import synthetic_image
 
 
@@ -85,8 +85,7 @@ def test_quantisation_changes_y1_and_every_quantised_input_is_on_its_grid():
 @pytest.fixture(scope="module")
 def photo_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("calibration_photos")
-    for i in range(8):
-        Image.fromarray(synthetic_image(96, 128, seed=i)).save(d / f"{i}.png")
+    make_photos(d, 8, 96, 128)
     return d
 
 

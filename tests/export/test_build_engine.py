@@ -14,6 +14,7 @@ from codec.imageio import Photo, read_photo
 from codec.lambdas import index_of_lambda, lambda_of_index
 from codec.onnx_export import OrtTransforms, export_stamped
 from export import graph_checks, parity
+from tests.deploy.harness import make_photos
 from tests.conftest import PROJECT_ROOT, blade_photos, synthetic_image
 
 SCRIPT = PROJECT_ROOT / "export" / "build_engine.py"
@@ -152,7 +153,6 @@ def test_build_engine_quantises_the_int8_analysis_when_the_model_has_one(tmp_pat
     encoder.qat.onnx and quantises that, while encoder.onnx stays the float analysis."""
     need_ops_table()
     import torch
-    from PIL import Image
 
     from codec import weights
     from codec.export_model import int8_analysis_arrays
@@ -163,9 +163,7 @@ def test_build_engine_quantises_the_int8_analysis_when_the_model_has_one(tmp_pat
     weights.save_arrays(tmp_path / "model.npz", {**arrays, **int8_analysis_arrays(arrays, tuned_path)[0]},
                         {"config": twin.cfg.to_dict()})
     photos = tmp_path / "photos"
-    photos.mkdir()
-    for i in range(4):
-        Image.fromarray(synthetic_image(96, 128, seed=i)).save(photos / f"{i}.png")
+    make_photos(photos, 4, 96, 128)
     out = tmp_path / "out"
     result = _run_script("--output-dir", str(out), "--model", str(tmp_path / "model.npz"), "--int8",
                          "--photos", str(photos), "--num-photos", "1", "--lambdas", "512",

@@ -26,6 +26,13 @@ crops alone, the equalised Q/DQ graph lost 0.70 dB under ONNX Runtime (10 drone 
 channel's range is the widest over several photo sets (export_model.py adds 32 varied training photos) and
 e_c stays within 1/MAX_GAIN..MAX_GAIN: then -0.07 dB, and that frame loses nothing.
 
+The cap yields to the weights, though. A GDN channel whose γ trained to almost 0 (1.4e-7 in the session-11
+decay; the GDN is then linear there) gets its next-Conv weights divided by γ in the fold: one input column
+1.7e6x the median, which sets every output channel's weight scale and quantises the rest of each row to 0
+(that graph decoded at 11.5 dB). So e_c is at least w_c / (MAX_GAIN · median w): no column ends more than
+MAX_GAIN times the median one. That scaling is certain to help, unlike lifting a quiet activation on
+trust, and it lifts only the activation the fold had shrunk by γ back to an ordinary range.
+
 `export_model.py` applies it to every exported model, so the float weights of a model file are already in
 this form; the float codec is the same function (its weights are stored as float16 either way).
 """
@@ -38,6 +45,22 @@ from .inference_analysis import foldable
 from .quantisation_aware import QuantisationAwareImageAnalysis, percentile
 
 MAX_GAIN = 8.0   # e_c within [1/8, 8]: a channel quiet on every sample photo is not blown up on trust
+GAMMA_FLOOR = 1e-3   # of the GDN's median γ: the smallest γ the fold divides by
+
+
+@torch.no_grad()
+def floor_gamma(image, floor: float = GAMMA_FLOOR) -> int:
+    """Lift each GDN's γ below floor · its median γ to that: a GDN whose γ trained to ~0 is linear there
+    either way (x / (β + γ|x|) with γ|x| ≪ β), but the fold divides the next Conv's weights by γ, and
+    a column 1e6x the others cannot be equalised within float16 (export stores β·e_c and the FiLM gain·e_c
+    there). Returns how many channels were lifted."""
+    lifted = 0
+    for gdn in image.gdns:
+        gamma = gdn.gamma_diagonal()
+        low = gamma < floor * gamma.median()
+        gdn.gamma_param.view(len(gamma), -1).diagonal()[low] = float(floor * gamma.median()) ** 0.5
+        lifted += int(low.sum())
+    return lifted
 
 
 @torch.no_grad()
@@ -56,6 +79,7 @@ def equalise(image, cfg, sample_sets: list, q: float) -> dict:
         w = probe.folded(k + 1)[0].abs().amax(dim=(0, 2, 3))   # per input channel of the next Conv
         ratio = w / r.clamp_min(float(r.max()) * 1e-6)
         e = (ratio / ratio.median()).sqrt().clamp(1 / MAX_GAIN, MAX_GAIN)
+        e = torch.maximum(e, w / (MAX_GAIN * w.median()))   # no weight column far above the rest
         rescale_channels(image.gdns[k], image.films[k], e)
         before.append(float(r.max() / r.min().clamp_min(1e-12)))
         after.append(float((r * e).max() / (r * e).min().clamp_min(1e-12)))

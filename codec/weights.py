@@ -75,4 +75,9 @@ def float_state_dict(arrays: dict, prefix: str = FLOAT_PREFIX):
 
 
 def float_arrays(state_dict) -> dict:
-    return {FLOAT_PREFIX + k: v.detach().cpu().numpy().astype(np.float16) for k, v in state_dict.items()}
+    arrays = {FLOAT_PREFIX + k: v.detach().cpu().numpy().astype(np.float16) for k, v in state_dict.items()}
+    for key, value in arrays.items():
+        if not np.isfinite(value).all():   # beyond float16's ±65504 a weight is stored as inf
+            raise CodecError(f"{key} does not fit float16 (largest |value| "
+                             f"{float(np.abs(state_dict[key[len(FLOAT_PREFIX):]].detach()).max()):.3g})")
+    return arrays

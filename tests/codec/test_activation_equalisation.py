@@ -9,11 +9,11 @@ import torch
 from calibration.calibration_set import CalibrationSet
 from calibration.quantize import PERCENTILE, quantize_encoder
 from codec import weights
-from codec.activation_equalisation import equalise, rescale_channels
+from codec.activation_equalisation import GAMMA_FLOOR, MAX_GAIN, equalise, floor_gamma, rescale_channels
 from codec.export_model import build_model_arrays, equalise_for_int8
 from codec.onnx_export import OrtTransforms, export_stamped
 from codec.runtime import CodecModel
-from codec.quantisation_aware import Calibration
+from codec.quantisation_aware import Calibration, QuantisationAwareImageAnalysis
 from tests.codec.test_quantisation_aware import diagonal_model
 from tests.deploy.harness import make_photos
 from tests.conftest import DATA, need_data, synthetic_image
@@ -100,3 +100,36 @@ def test_export_equalises_on_the_int8_calibration_set_and_varied_photos():
     with torch.no_grad():
         plain.analysis.image.gdns[0].gamma_param.add_(0.01)
     assert equalise_for_int8(plain) is None
+
+
+def test_a_gdn_channel_with_gamma_near_zero_gets_its_weight_column_back_in_range(photos, tmp_path):
+    # a γ trained to ~0 makes the fold divide the next Conv's column by γ: one column ~1e4x the rest would
+    # set every row's INT8 weight scale; the gain cap must not stop the rescale that undoes it
+    net = diagonal_model(seed=1).eval()
+    with torch.no_grad():
+        net.analysis.image.gdns[1].gamma_param.view(8, 8).diagonal()[3] = 1e-4 ** 0.5   # γ = gamma_param²
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    unequalised = int8_error(net, photos, tmp_path / "a")
+    equalise(net.analysis.image, net.cfg, [Calibration(photos).samples], PERCENTILE)
+    w = QuantisationAwareImageAnalysis.from_analysis(net.analysis.image, net.cfg).folded(2)[0]
+    columns = w.abs().amax(dim=(0, 2, 3))
+    assert float(columns.max() / columns.median()) <= 1.5 * MAX_GAIN, columns
+    equalised = int8_error(net, photos, tmp_path / "b")
+    assert equalised < 0.5 * unequalised, (equalised, unequalised)
+
+
+def test_gamma_floor_lifts_only_the_near_zero_channels_and_keeps_the_function():
+    net = diagonal_model(seed=1).eval()
+    with torch.no_grad():
+        net.analysis.image.gdns[1].gamma_param.view(8, 8).diagonal()[3] = 1e-9 ** 0.5   # γ = gamma_param²
+    before = copy.deepcopy(net)
+    assert floor_gamma(net.analysis.image) == 1
+    gammas = [g.gamma_diagonal() for g in net.analysis.image.gdns]
+    old = [g.gamma_diagonal() for g in before.analysis.image.gdns]
+    assert torch.equal(gammas[0], old[0]) and torch.equal(gammas[2], old[2])
+    assert float(gammas[1][3]) == pytest.approx(GAMMA_FLOOR * float(old[1].median()), rel=1e-5)
+    x = torch.rand(1, 3, 64, 96)
+    lam = torch.tensor([1024.0])
+    assert torch.allclose(net.analysis.image(x, lam), before.analysis.image(x, lam), rtol=1e-3, atol=1e-4)
+    assert floor_gamma(net.analysis.image) == 0

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -60,6 +61,8 @@ class TrainConfig:
     val_images: int = 6
     val_lambdas: list = field(default_factory=lambda: [64, 256, 1024, 4096])
     init_from: str = ""            # a model .npz to start from when the run has no checkpoint
+    branch_from: str = ""          # a run directory whose checkpoint this run starts as a copy of, when it has
+                                   # none (a decay branching off the main line); before init_from
     widen_analysis_gain: float = 0.0   # when init_from has a narrower z1: the new channels' start
     widen_prior_index: float = 0.0     # (z1_widening.widen_z1; both 0: switched off)
     model: dict = field(default_factory=dict)
@@ -404,7 +407,23 @@ def widened(state: dict, meta: dict, model_cfg: ModelConfig, cfg: TrainConfig) -
 
 def train(cfg: TrainConfig):
     """One process, or cfg.processes of them joined for data-parallel training."""
+    branch(cfg, resolve(cfg.run_dir))   # before the processes start: every one resumes the copy
     data_parallel.launch(_train, cfg.processes, cfg)
+
+
+def branch(cfg: TrainConfig, run_dir: Path):
+    """Copy cfg.branch_from's checkpoint and wall time into a run directory that has no checkpoint. The
+    source run may go on training: it replaces last.pt atomically, so the copy is one whole checkpoint."""
+    if not cfg.branch_from or (run_dir / "last.pt").exists():
+        return
+    source = resolve(cfg.branch_from)
+    if not (source / "last.pt").is_file():
+        raise CodecError(f"branch_from {cfg.branch_from}: no checkpoint {source / 'last.pt'} to branch from")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (source / "wall_seconds").exists():
+        shutil.copyfile(source / "wall_seconds", run_dir / "wall_seconds")
+    shutil.copyfile(source / "last.pt", run_dir / "last.pt.tmp")
+    (run_dir / "last.pt.tmp").replace(run_dir / "last.pt")
 
 
 def _train(cfg: TrainConfig):
@@ -414,6 +433,8 @@ def _train(cfg: TrainConfig):
     run_dir = resolve(cfg.run_dir)
     if main_process:
         _log_to(run_dir, cfg)
+        if cfg.branch_from:
+            log.info("a branch of %s (its checkpoint, copied when this run had none)", cfg.branch_from)
     sampler = CropSampler([(str(resolve(s["path"])), s["weight"]) for s in cfg.sources], cfg.crop,
                           [cfg.seed, data_parallel.rank()] if data_parallel.rank() else cfg.seed)
     model = build_model(cfg)

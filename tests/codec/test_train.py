@@ -84,6 +84,28 @@ def test_restarts_from_a_model_file_when_checkpoints_are_gone(tmp_path, folders)
     assert torch.load(tmp_path / "run2" / "last.pt", weights_only=False)["step"] == 8
 
 
+def test_a_branch_starts_as_a_copy_of_another_runs_checkpoint_and_leaves_it_alone(tmp_path, folders):
+    train(TrainConfig(**config(tmp_path, folders)))
+    main_line = tmp_path / "run"
+    before = (main_line / "last.pt").read_bytes()
+    train(TrainConfig(**config(tmp_path, folders, run_dir=str(tmp_path / "decay"), steps=9, decay_start=6,
+                               branch_from=str(main_line))))
+    decay = tmp_path / "decay"
+    assert torch.load(decay / "last.pt", weights_only=False)["step"] == 9
+    assert f"resumed from {decay / 'last.pt'} at step 6" in (decay / "train.log").read_text()
+    assert float((decay / "wall_seconds").read_text()) >= float((main_line / "wall_seconds").read_text())
+    assert (main_line / "last.pt").read_bytes() == before
+    # resuming the branch resumes its own checkpoint, not a new copy of the main line's
+    train(TrainConfig(**config(tmp_path, folders, run_dir=str(decay), steps=10, branch_from=str(main_line))))
+    assert torch.load(decay / "last.pt", weights_only=False)["step"] == 10
+
+
+def test_a_branch_from_a_run_without_checkpoint_is_one_line(tmp_path, folders):
+    with pytest.raises(CodecError, match=r"branch_from .*nowhere: no checkpoint"):
+        train(TrainConfig(**config(tmp_path, folders, branch_from=str(tmp_path / "nowhere"))))
+    assert not (tmp_path / "run").exists()
+
+
 def test_gdn_weights_stuck_at_zero_are_lifted_and_then_learn(tmp_path, folders):
     from codec.layers import SimplifiedGDN
     from codec.model import ModelConfig, NestedLatentCodec

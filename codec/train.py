@@ -343,7 +343,12 @@ def load_weights(model, state: dict) -> list:
 
 def load_optimiser(opt, state: dict, upgraded: bool):
     """Added parameters are registered last, so an older state lines up with the first ones; they start
-    with fresh Adam moments."""
+    with fresh Adam moments. A checkpoint of a run that trained other parameters (a train_only branch off
+    the main line) cannot line up: every moment starts fresh."""
+    if [len(g["params"]) for g in state["param_groups"]] != [len(g["params"]) for g in opt.param_groups] \
+            and not upgraded:
+        log.info("the checkpoint's optimiser state is for other parameters (train_only?): fresh Adam moments")
+        return
     if upgraded:
         ours = opt.state_dict()["param_groups"]
         state = {**state, "param_groups": [{**g, "params": o["params"]}

@@ -100,6 +100,19 @@ def test_a_branch_starts_as_a_copy_of_another_runs_checkpoint_and_leaves_it_alon
     assert torch.load(decay / "last.pt", weights_only=False)["step"] == 10
 
 
+def test_a_branch_that_trains_fewer_parameters_starts_fresh_optimiser_moments(tmp_path, folders):
+    train(TrainConfig(**config(tmp_path, folders)))
+    train(TrainConfig(**config(tmp_path, folders, run_dir=str(tmp_path / "tuned"), steps=8,
+                               branch_from=str(tmp_path / "run"), train_only=["analysis."])))
+    log = (tmp_path / "tuned" / "train.log").read_text()
+    assert "optimiser state is for other parameters" in log
+    state = torch.load(tmp_path / "tuned" / "last.pt", weights_only=False)
+    assert state["step"] == 8
+    start = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
+    moved = {k for k in start if not torch.equal(start[k], state["model"][k])}
+    assert moved and all(k.startswith("analysis.") for k in moved), moved
+
+
 def test_a_branch_from_a_run_without_checkpoint_is_one_line(tmp_path, folders):
     with pytest.raises(CodecError, match=r"branch_from .*nowhere: no checkpoint"):
         train(TrainConfig(**config(tmp_path, folders, branch_from=str(tmp_path / "nowhere"))))

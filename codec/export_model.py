@@ -140,12 +140,15 @@ def equalise_for_int8(net) -> dict | None:
     from .inference_analysis import foldable
     from .quantisation_aware import Calibration
 
-    if not foldable(net.analysis.image):
+    image = net.analysis.image
+    if not all(g.is_diagonal() and not g.inverse for g in image.gdns):
+        return None
+    lifted = floor_gamma(image)   # before the fold check: a γ at exactly 0 (step 75,900) is lifted too
+    if not foldable(image):
         return None
     calibration = Calibration(CalibrationSet())
     varied = Calibration(CalibrationSet(PROJECT_ROOT / EQUALISATION_PHOTOS, count=32, crop=(256, 256)))
-    lifted = floor_gamma(net.analysis.image)
-    result = equalise(net.analysis.image, net.cfg, [calibration.samples, varied.samples], calibration.percentile)
+    result = equalise(image, net.cfg, [calibration.samples, varied.samples], calibration.percentile)
     return {**result, "gamma_floor": GAMMA_FLOOR, "gammas_lifted": lifted}
 
 

@@ -11,6 +11,7 @@ from calibration.quantize import PERCENTILE, quantize_encoder
 from codec import weights
 from codec.activation_equalisation import GAMMA_FLOOR, MAX_GAIN, equalise, floor_gamma, rescale_channels
 from codec.export_model import build_model_arrays, equalise_for_int8
+from codec.inference_analysis import foldable
 from codec.onnx_export import OrtTransforms, export_stamped
 from codec.runtime import CodecModel
 from codec.quantisation_aware import Calibration, QuantisationAwareImageAnalysis
@@ -133,3 +134,15 @@ def test_gamma_floor_lifts_only_the_near_zero_channels_and_keeps_the_function():
     lam = torch.tensor([1024.0])
     assert torch.allclose(net.analysis.image(x, lam), before.analysis.image(x, lam), rtol=1e-3, atol=1e-4)
     assert floor_gamma(net.analysis.image) == 0
+
+
+def test_a_gamma_at_exactly_zero_is_floored_so_the_export_folds_and_equalises():
+    need_data(DATA / "blades" / "dtu_nordtank")
+    need_data(DATA / "train")
+    net = diagonal_model(seed=1).eval()
+    with torch.no_grad():   # a γ trained to 0 (or flushed by float16): the fold would divide by 0
+        net.analysis.image.gdns[1].gamma_param.view(8, 8).diagonal()[5] = 0.0
+    assert not foldable(net.analysis.image)
+    result = equalise_for_int8(net)
+    assert result is not None and result["gammas_lifted"] == 1
+    assert foldable(net.analysis.image)

@@ -57,8 +57,9 @@ def floor_gamma(image, floor: float = GAMMA_FLOOR) -> int:
     lifted = 0
     for gdn in image.gdns:
         gamma = gdn.gamma_diagonal()
-        low = gamma < floor * gamma.median()
-        gdn.gamma_param.view(len(gamma), -1).diagonal()[low] = float(floor * gamma.median()) ** 0.5
+        level = float(floor * gamma.median())
+        low = gamma < level
+        gdn.gamma_param.view(len(gamma), -1).diagonal()[low] = level ** 0.5
         lifted += int(low.sum())
     return lifted
 

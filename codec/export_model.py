@@ -137,11 +137,11 @@ def equalise_for_int8(net) -> dict | None:
     when its GDNs do not fold."""
     from calibration.calibration_set import CalibrationSet   # calibration builds on codec: imported late
     from .activation_equalisation import GAMMA_FLOOR, equalise, floor_gamma
-    from .inference_analysis import foldable
+    from .inference_analysis import diagonal_gdns, foldable
     from .quantisation_aware import Calibration
 
     image = net.analysis.image
-    if not all(g.is_diagonal() and not g.inverse for g in image.gdns):
+    if not diagonal_gdns(image):
         return None
     lifted = floor_gamma(image)   # before the fold check: a γ at exactly 0 (step 75,900) is lifted too
     if not foldable(image):

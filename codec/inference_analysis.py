@@ -73,9 +73,14 @@ def space_to_depth_conv(conv: nn.Conv2d) -> nn.Conv2d:
     return blocked
 
 
+def diagonal_gdns(image) -> bool:
+    """Every GDN of image is a forward GDN with a diagonal Γ: the shape the fold rewrites."""
+    return all(g.is_diagonal() and not g.inverse for g in image.gdns)
+
+
 def foldable(image) -> bool:
-    """Every GDN diagonal with all γ > 0 (a zero γ would make the fold divide by zero)."""
-    return all(g.is_diagonal() and not g.inverse and bool((g.gamma_diagonal() > 0).all()) for g in image.gdns)
+    """Diagonal GDNs with all γ > 0 (a zero γ would make the fold divide by zero)."""
+    return diagonal_gdns(image) and all(bool((g.gamma_diagonal() > 0).all()) for g in image.gdns)
 
 
 def folded_conv(image, i: int):

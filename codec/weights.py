@@ -75,9 +75,11 @@ def float_state_dict(arrays: dict, prefix: str = FLOAT_PREFIX):
 
 
 def float_arrays(state_dict) -> dict:
-    arrays = {FLOAT_PREFIX + k: v.detach().cpu().numpy().astype(np.float16) for k, v in state_dict.items()}
-    for key, value in arrays.items():
-        if not np.isfinite(value).all():   # beyond float16's ±65504 a weight is stored as inf
-            raise CodecError(f"{key} does not fit float16 (largest |value| "
-                             f"{float(np.abs(state_dict[key[len(FLOAT_PREFIX):]].detach()).max()):.3g})")
+    arrays = {}
+    for key, tensor in state_dict.items():
+        value = tensor.detach().cpu().numpy()
+        arrays[FLOAT_PREFIX + key] = value.astype(np.float16)
+        if not np.isfinite(arrays[FLOAT_PREFIX + key]).all():   # beyond float16's ±65504 a weight becomes inf
+            raise CodecError(f"{FLOAT_PREFIX + key} does not fit float16 (largest |value| "
+                             f"{float(np.abs(value).max()):.3g})")
     return arrays

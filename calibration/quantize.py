@@ -25,7 +25,8 @@ ONNX Runtime's CPU provider runs that Q/DQ graph as dequantise + float Conv (no 
 second, CPU-only variant exists for drones that fall back to ONNX Runtime on the CPU (`target="cpu"`).
 Since session 10 its QLinearConv outputs are dequantised per channel (channel_equalisation.py): 10 blade
 frames, BD-PSNR -0.32 dB against -0.51 dB with one output range per tensor on model dfd2b788, -0.52 against
--0.77 dB on model 9df5ec27.
+-0.77 dB on model 9df5ec27. Since session 13 its FiLM multiply-adds run as one BatchNormalization each
+(film_batchnorm.py): the same outputs, one pass fewer over each tensor.
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ from codec.errors import CodecError
 
 from .calibration_set import CalibrationSet, make_reader
 from .channel_equalisation import channel_ranges, divide_outputs, fold_into_dequantize
+from .film_batchnorm import PREFIX as FILM_PREFIX
+from .film_batchnorm import fuse_film
 
 log = logging.getLogger("calibration")
 
@@ -129,6 +132,7 @@ def cpu_variant(fp32_path, out_path, reader, equalise: bool, common: dict, perce
                         extra_options=percentile)
     if equalise:
         log.info("%d QLinearConv outputs dequantised per channel", fold_into_dequantize(out_path))
+    log.info("%d FiLM multiply-adds run as one BatchNormalization each", fuse_film(out_path))
 
 
 def float_convs(path) -> list:
@@ -174,8 +178,9 @@ def check_cpu_graph(path) -> dict:
         problems = ["the y1 Conv is not float"]
     if not ops.count("QLinearConv"):
         problems.append("no QLinearConv in the graph")
+    film = sum(n.op_type == "BatchNormalization" and n.name.startswith(FILM_PREFIX) for n in m.graph.node)
     return {"passed": not problems, "qlinearconv_nodes": ops.count("QLinearConv"),
-            "float_conv_nodes": ops.count("Conv"), "problems": problems}
+            "float_conv_nodes": ops.count("Conv"), "film_batchnorm_nodes": film, "problems": problems}
 
 
 def _copy_metadata(src: Path, dst: Path):

@@ -129,6 +129,7 @@ def test_cpu_variant_is_qlinearconv_decodes_and_is_refused_for_tensorrt(default_
                                   target="cpu")
     assert "(percentile, for cpu)" in caplog.text   # its default calibration: min/max cost 0.42 dB here
     assert result["passed"] and result["qlinearconv_nodes"] == 2 and result["float_conv_nodes"] == 2
+    assert result["film_batchnorm_nodes"] == 3   # one per FiLM (film_batchnorm.py)
     assert output_conv(cpu) == output_conv(image)   # y1 still comes from a float Conv
     assert first_conv(onnx.load(str(cpu))).op_type == "Conv"   # and so do the pixels' first responses
     offences = graph_checks.check_tensorrt_ops(cpu).offences

@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--lambdas", type=float, nargs="+", default=[64, 1024, 8192])
     bl.add_argument("--max-images", type=int, default=6)
 
+    bg = sub.add_parser("bench-gdn", help="how far from linear each GDN works on real photos (Γ|x|/β)")
+    bg.add_argument("--data", default="../shared/data/blades/drone_frames")
+    bg.add_argument("--model", help="model file, float weights (a run's last.npz) or checkpoint (.pt)")
+    bg.add_argument("--lambda", dest="lam", type=float, default=1024.0)
+    bg.add_argument("--max-images", type=int, default=4)
+
     bn = sub.add_parser("bench-runs", help="coded validation RD of training runs, BD-rate against the first")
     bn.add_argument("runs", nargs="+", help="run directories (their last.npz) or model files")
 
@@ -244,6 +250,7 @@ COMMANDS = {
     "bench-train": _lazy(".bench.training_speed"),
     "bench-runs": _lazy(".bench.compare_runs"),
     "bench-ceiling": _lazy(".bench.ceiling"),
+    "bench-gdn": _lazy(".bench.gdn_strength"),
     "bench-memory": _lazy(".bench.memory"),
     "bench-budget": _lazy(".bench.budget"),
 }

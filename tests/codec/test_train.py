@@ -113,6 +113,23 @@ def test_a_branch_that_trains_fewer_parameters_starts_fresh_optimiser_moments(tm
     assert moved and all(k.startswith("analysis.") for k in moved), moved
 
 
+def test_gdn_lr_gain_trains_gamma_in_its_own_group_at_a_larger_lr(tmp_path, folders):
+    train(TrainConfig(**config(tmp_path, folders)))
+    train(TrainConfig(**config(tmp_path, folders, run_dir=str(tmp_path / "gain"), steps=8,
+                               branch_from=str(tmp_path / "run"), gdn_lr_gain=10.0)))
+    assert "optimiser state is for other parameters" in (tmp_path / "gain" / "train.log").read_text()
+    state = torch.load(tmp_path / "gain" / "last.pt", weights_only=False)
+    groups = state["opt"]["param_groups"]
+    assert len(groups) == 2 and len(groups[1]["params"]) == 6   # the γ of 3 GDNs and 3 inverse GDNs
+    assert groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"]) and groups[0]["lr"] > 0
+    gammas = {k for k in state["model"] if k.endswith("gamma_param")}
+    start = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
+    assert all(not torch.equal(start[k], state["model"][k]) for k in gammas)
+    with pytest.raises(CodecError, match="no GDN γ parameter trains"):
+        train(TrainConfig(**config(tmp_path, folders, run_dir=str(tmp_path / "prior_only"),
+                                   train_only=["priors."], gdn_lr_gain=10.0)))
+
+
 def test_a_branch_from_a_run_without_checkpoint_is_one_line(tmp_path, folders):
     with pytest.raises(CodecError, match=r"branch_from .*nowhere: no checkpoint"):
         train(TrainConfig(**config(tmp_path, folders, branch_from=str(tmp_path / "nowhere"))))

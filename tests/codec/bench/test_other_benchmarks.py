@@ -1,9 +1,10 @@
-"""The coder, memory, refinement, ceiling, training-speed and budget benchmarks run and report sane figures."""
+"""The coder, memory, refinement, ceiling, GDN-strength, training-speed and budget benchmarks run and report sane
+figures."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from codec.bench import budget, ceiling, coder, memory, refinement, training_speed
+from codec.bench import budget, ceiling, coder, gdn_strength, memory, refinement, training_speed
 from codec.errors import CodecError
 from tests.conftest import synthetic_image
 
@@ -62,6 +63,28 @@ def test_ceiling_crops_to_whole_z1_positions_and_names_a_bad_folder(tmp_path):
         ceiling.centre_crop(np.zeros((10, 70, 3), np.uint8))
     with pytest.raises(CodecError, match="no images"):
         ceiling.run(str(tmp_path), None)
+
+
+def test_gdn_strength_is_zero_for_a_linear_layer_and_scales_with_gamma(tmp_path):
+    import argparse
+
+    import torch
+
+    from codec.model import ModelConfig, NestedLatentCodec
+
+    net = NestedLatentCodec(ModelConfig(levels=2, channels=8, latent_channels=8, prior_channels=8)).eval()
+    folder = str(_folder(tmp_path, n=2, h=48, w=64))
+    before = {r["layer"]: r for r in gdn_strength.run(folder, net, lam=1024.0)}
+    assert len(before) == 6 and all(r["channels"] == 8 and r["max"] > 0 for r in before.values())
+    with torch.no_grad():
+        net.synthesis.gdns[0].gamma_param.zero_()          # a linear layer
+        net.analysis.image.gdns[0].gamma_param.mul_(2.0)   # Γ times 4; its input (the first conv) is unchanged
+    after = {r["layer"]: r for r in gdn_strength.run(folder, net, lam=1024.0)}
+    assert after["synthesis.gdns.0"]["max"] == 0 and after["synthesis.gdns.0"]["bent_share"] == 0
+    first = "analysis.image.gdns.0"
+    assert after[first]["max"] == pytest.approx(4 * before[first]["max"], rel=1e-5)
+    with pytest.raises(CodecError, match="no such model"):
+        gdn_strength.main(argparse.Namespace(model=str(tmp_path / "none.npz"), data=folder, lam=1024.0, max_images=1))
 
 
 def test_budget_benchmark_agrees_with_bisection(tmp_path, tiny_model):

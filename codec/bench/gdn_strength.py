@@ -74,7 +74,8 @@ def main(args):
         raise CodecError(f"{path}: no such model, weights or checkpoint file")
     net, info = load_float(path)
     rows = run(args.data, net.eval(), args.lam, args.max_images)
-    print(f"GDN strength (Γ|x|/β at the {PERCENTILE:.0%} point of |x|), λ {args.lam:g}, {path} (step {info.get('step', '?')})")
+    print(f"GDN strength (Γ|x|/β at the {PERCENTILE:.0%} point of |x|), λ {args.lam:g}, "
+          f"{path} (step {info.get('step', '?')})")
     print(f"| layer | channels | median | max | channels ≥ {BENT:g} |")
     print("|---|---|---|---|---|")
     for r in rows:

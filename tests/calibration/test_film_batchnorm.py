@@ -6,9 +6,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from calibration.calibration_set import centre_crop
 from calibration.film_batchnorm import PREFIX, fuse_film
 from codec.onnx_export import export_stamped
-from calibration.calibration_set import centre_crop
 from tests.conftest import synthetic_image
 
 
@@ -21,7 +21,8 @@ def _film_graph(path, batch: int):
     nodes = [helper.make_node("Softsign", ["x"], ["s"], name="softsign"),
              helper.make_node("Mul", ["s", "gain"], ["m"], name="mul"),
              helper.make_node("Add", ["m", "shift"], ["y"], name="add")]
-    graph = helper.make_graph(nodes, "film", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, c, 5, 6])])
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, c, 5, 6])
+    graph = helper.make_graph(nodes, "film", inputs, [output])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 

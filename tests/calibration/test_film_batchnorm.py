@@ -64,3 +64,16 @@ def test_the_exported_analysis_keeps_its_latents(default_model, tmp_path):
     for lam in (64.0, 8192.0):
         feeds = {"x": x, "lam": np.array([lam], np.float32)}
         np.testing.assert_allclose(_run(fused, feeds), _run(image, feeds), rtol=1e-5, atol=1e-5)
+
+
+def test_a_graph_whose_shapes_cannot_be_inferred_is_left_valid_and_unfused(tmp_path, monkeypatch, caplog):
+    path = _film_graph(tmp_path / "film.onnx", batch=1)
+
+    def fail(*args, **kwargs):
+        raise onnx.shape_inference.InferenceError("[ShapeInferenceError] made to fail")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", fail)
+    with caplog.at_level("WARNING", logger="calibration"):
+        assert fuse_film(path) == 0
+    assert "FiLM fusion skipped: shape inference failed" in caplog.text
+    onnx.checker.check_model(onnx.load(str(path)))

@@ -6,7 +6,9 @@ encode times at matched PSNR.
 Matched PSNR: for each photo the anchor's quality setting is searched (bisection over 1..100) for the
 lowest setting whose decoded PSNR reaches our FP32 encoder's PSNR on that photo; only the final encode
 at that setting is timed. Our encode time is the whole edge encode (analysis, tiling, integer priors,
-rANS, container) after one warm-up photo, not the analysis alone. Every codec gets the same thread count.
+rANS, container) after one warm-up photo, not the analysis alone. Every codec gets the same thread count and
+the same number of timed encodes per photo (`--repeats`), of which the fastest counts: one encode per photo
+moved the ratio to HEIC by about 5 % between two runs a minute apart (session 13).
 """
 from __future__ import annotations
 
@@ -67,12 +69,27 @@ class TimedTransforms:
         return self._timed(self.inner.latent, y1)
 
 
-def timed_encode(model, backend, photo: Photo, index: int, threads: int):
-    """(Encoded, total seconds, analysis seconds)."""
-    transforms = TimedTransforms(backend.transforms(lambda_of_index(index)))
-    t0 = time.perf_counter()
-    enc = api.compress(model, photo, index, threads=threads, transforms=transforms)
-    return enc, time.perf_counter() - t0, transforms.seconds
+def timed_encode(model, backend, photo: Photo, index: int, threads: int, repeats: int = 1):
+    """(Encoded, total seconds, analysis seconds), the fastest of `repeats` encodes (the same bitstream)."""
+    best = None
+    for _ in range(repeats):
+        transforms = TimedTransforms(backend.transforms(lambda_of_index(index)))
+        t0 = time.perf_counter()
+        enc = api.compress(model, photo, index, threads=threads, transforms=transforms)
+        seconds = time.perf_counter() - t0
+        if best is None or seconds < best[1]:
+            best = (enc, seconds, transforms.seconds)
+    return best
+
+
+def timed_anchor(anchor, pixels: np.ndarray, quality: int, repeats: int) -> float:
+    """Seconds of the fastest of `repeats` encodes at one setting."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        anchor.encode(pixels, quality)
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 def match_psnr(anchor, pixels: np.ndarray, target: float):
@@ -92,7 +109,7 @@ def match_psnr(anchor, pixels: np.ndarray, target: float):
     return best
 
 
-def run(model, onnx_dir, data=DEFAULT_DATA, max_images=6, lam=1024.0, threads=2) -> dict:
+def run(model, onnx_dir, data=DEFAULT_DATA, max_images=6, lam=1024.0, threads=2, repeats=3) -> dict:
     paths = list_images(data)
     if not paths:
         raise CodecError(f"{data}: no photos")
@@ -109,16 +126,15 @@ def run(model, onnx_dir, data=DEFAULT_DATA, max_images=6, lam=1024.0, threads=2)
         mp = photo.pixels.shape[0] * photo.pixels.shape[1] / 1e6
         row = {"photo": path.name, "megapixels": mp}
         for name, b in contenders.items():
-            enc, seconds, analysis = timed_encode(model, b, photo, index, threads)
+            enc, seconds, analysis = timed_encode(model, b, photo, index, threads, repeats)
             out = api.decompress(model, enc.data, threads=threads)
             row[name] = {"s_per_mp": seconds / mp, "analysis_s_per_mp": analysis / mp,
                          "bpp": 8 * len(enc.data) / (mp * 1e6), "psnr": psnr(photo.pixels, out.pixels)}
         target = row.get("ort_fp32", row["torch"])["psnr"]
         for name, anchor in anchor_codecs.items():
             q, size, p = match_psnr(anchor, photo.pixels, target)
-            t0 = time.perf_counter()
-            anchor.encode(photo.pixels, q)
-            row[name] = {"s_per_mp": (time.perf_counter() - t0) / mp, "bpp": 8 * size / (mp * 1e6), "psnr": p,
+            seconds = timed_anchor(anchor, photo.pixels, q, repeats)
+            row[name] = {"s_per_mp": seconds / mp, "bpp": 8 * size / (mp * 1e6), "psnr": p,
                          "quality": q, "matched": p - target <= MATCH_DB}
         rows.append(row)
         print(f"{path.name} done", file=sys.stderr, flush=True)
@@ -128,12 +144,13 @@ def run(model, onnx_dir, data=DEFAULT_DATA, max_images=6, lam=1024.0, threads=2)
         summary[n]["matched_photos"] = sum(r[n]["matched"] for r in rows)
     for n in contenders:
         summary[n]["analysis_s_per_mp"] = statistics.mean(r[n]["analysis_s_per_mp"] for r in rows)
-    return {"lambda": lam, "threads": threads, "photos": [r["photo"] for r in rows], "summary": summary,
-            "rows": rows}
+    return {"lambda": lam, "threads": threads, "repeats": repeats, "photos": [r["photo"] for r in rows],
+            "summary": summary, "rows": rows}
 
 
 def markdown(result: dict) -> str:
-    lines = [f"λ={result['lambda']:g}, {len(result['photos'])} photos, {result['threads']} threads",
+    lines = [f"λ={result['lambda']:g}, {len(result['photos'])} photos, {result['threads']} threads, "
+             f"fastest of {result['repeats']} encodes each",
              "| encoder | encode s/MP | of which analysis | bpp | PSNR dB |", "|---|---|---|---|---|"]
     for name, s in result["summary"].items():
         note = ""
@@ -153,10 +170,14 @@ def main(argv=None) -> int:
     p.add_argument("--max-images", type=int, default=6)
     p.add_argument("--lambda", dest="lam", type=float, default=1024.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="timed encodes per photo and codec; the fastest counts")
     p.add_argument("--out", type=Path, help="also write the result as JSON")
     args = p.parse_args(argv)
     try:
-        result = run(CodecModel.load(args.model), args.onnx_dir, args.data, args.max_images, args.lam, args.threads)
+        if args.repeats < 1:
+            raise CodecError(f"--repeats must be at least 1, got {args.repeats}")
+        result = run(CodecModel.load(args.model), args.onnx_dir, args.data, args.max_images, args.lam, args.threads,
+                     args.repeats)
     except CodecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

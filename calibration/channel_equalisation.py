@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .onnx_graph import consumers, producers
+
 MUL_PREFIX = "equalise_"   # the Mul nodes this module inserts and later folds away
 
 
@@ -107,17 +109,13 @@ def fold_into_dequantize(path):
     channel with the heaviest tail past its r_c, and every channel would pay for it.)"""
     m = onnx.load(str(path))
     init = {i.name: i for i in m.graph.initializer}
-    producer = {o: n for n in m.graph.node for o in n.output}
-    consumers = {}
-    for n in m.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer, readers = producers(m), consumers(m)
     removed = []
     for mul in [n for n in m.graph.node if n.name.startswith(MUL_PREFIX)]:
         dq = producer.get(mul.input[0])
         conv = dq is not None and producer.get(dq.input[0])
-        if not conv or conv.op_type != "QLinearConv" or len(consumers[mul.input[0]]) != 1 \
-                or len(consumers[dq.input[0]]) != 1:
+        if not conv or conv.op_type != "QLinearConv" or len(readers[mul.input[0]]) != 1 \
+                or len(readers[dq.input[0]]) != 1:
             raise ValueError(f"{mul.name}: expected QLinearConv -> DequantizeLinear -> {mul.name}")
         r = numpy_helper.to_array(init[mul.input[1]]).reshape(-1)
         zero = numpy_helper.to_array(init[dq.input[2]])

@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .onnx_graph import consumers, producers
+
 PREFIX = "film_bn"
 log = logging.getLogger("calibration")
 
@@ -48,16 +50,12 @@ def film_pairs(m: onnx.ModelProto) -> list:
         log.warning("FiLM fusion skipped: shape inference failed (%s)", str(e).splitlines()[0][:200])
         return []
     shapes = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
-    producer = {o: n for n in m.graph.node for o in n.output}
-    consumers: dict = {}
-    for n in m.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer, readers = producers(m), consumers(m)
     pairs = []
     for mul in m.graph.node:
         if mul.op_type != "Mul" or getattr(producer.get(mul.input[0]), "op_type", None) != "Softsign":
             continue
-        after = consumers.get(mul.output[0], [])
+        after = readers.get(mul.output[0], [])
         if len(after) != 1 or after[0].op_type != "Add":
             continue
         add = after[0]

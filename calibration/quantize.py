@@ -45,6 +45,7 @@ from .calibration_set import CalibrationSet, make_reader
 from .channel_equalisation import channel_ranges, divide_outputs, fold_into_dequantize
 from .film_batchnorm import PREFIX as FILM_PREFIX
 from .film_batchnorm import fuse_film
+from .onnx_graph import producers
 
 log = logging.getLogger("calibration")
 
@@ -156,7 +157,7 @@ def first_conv(m: onnx.ModelProto):
 def output_conv(path) -> str:
     """Name of the last Conv before the graph output y1 (directly, or through the rate-gain Mul)."""
     m = onnx.load(str(path))
-    producer = {out: node for node in m.graph.node for out in node.output}
+    producer = producers(m)
     for output in m.graph.output:
         node = producer.get(output.name)
         while node is not None and node.op_type == "Mul":   # y1 = conv(h) * sqrt(λ / λref)
@@ -201,7 +202,7 @@ def check_qdq(path) -> dict:
     """
     m = onnx.load(str(path))
     init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
-    producers = {o: n for n in m.graph.node for o in n.output}
+    producer = producers(m)
     problems, n_q, n_dq, per_channel = [], 0, 0, 0
     for node in m.graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
@@ -229,7 +230,7 @@ def check_qdq(path) -> dict:
     for node in m.graph.node:
         if node.op_type == "Conv" and node.name != first:
             for i in (0, 1):
-                src = producers.get(node.input[i])
+                src = producer.get(node.input[i])
                 if src is None or src.op_type != "DequantizeLinear":
                     problems.append(f"{node.name}: input {i} is not dequantised (Conv left in float)")
     return {"passed": not problems and n_dq > 0, "quantize_nodes": n_q, "dequantize_nodes": n_dq,

@@ -5,6 +5,7 @@ import pytest
 from onnx import numpy_helper
 
 from calibration.calibration_set import CALIBRATION_LAMBDAS, CalibrationSet, centre_crop
+from calibration.onnx_graph import producers
 from calibration.quantize import check_qdq, quantize_encoder
 from calibration.rd_cost import bd_psnr
 from codec import api
@@ -54,7 +55,7 @@ def test_qdq_graph_properties(int8_default):
     assert result["passed"], result["problems"]
     m = onnx.load(str(path))
     init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
-    producers = {o: n for n in m.graph.node for o in n.output}
+    producer = producers(m)
     qdq = [n for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert qdq
     for n in qdq:  # zero points: present, int8, all zero (what the TensorRT parser requires)
@@ -62,9 +63,9 @@ def test_qdq_graph_properties(int8_default):
         assert zp.dtype == np.int8 and not zp.any(), n.name
     convs = [n for n in m.graph.node if n.op_type == "Conv"]
     assert len(convs) == 4   # the strided convolutions; the (diagonal) GDNs run per element, as Softsign
-    assert "DequantizeLinear" not in {producers[i].op_type for i in convs[0].input if i in producers}  # FP16
+    assert "DequantizeLinear" not in {producer[i].op_type for i in convs[0].input if i in producer}  # FP16
     for conv in convs[1:]:
-        act, weight = producers[conv.input[0]], producers[conv.input[1]]
+        act, weight = producer[conv.input[0]], producer[conv.input[1]]
         assert act.op_type == weight.op_type == "DequantizeLinear"
         w, w_scale = init[weight.input[0]], init[weight.input[1]]
         axis = next(a.i for a in weight.attribute if a.name == "axis")
@@ -219,10 +220,10 @@ def test_cpu_variant_dequantises_each_channel_with_its_own_range(default_model, 
         assert quantize_encoder(image, graphs[equalise], cal, target="cpu", equalise=equalise)["passed"]
     m = onnx.load(str(graphs[True]))
     init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
-    producers = {o: n for n in m.graph.node for o in n.output}
+    producer = producers(m)
     assert not any(n.name.startswith(MUL_PREFIX) for n in m.graph.node)
     per_channel = [n for n in m.graph.node if n.op_type == "DequantizeLinear"
-                   and producers.get(n.input[0]) is not None and producers[n.input[0]].op_type == "QLinearConv"]
+                   and producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "QLinearConv"]
     assert len(per_channel) == 2
     for dq in per_channel:
         assert init[dq.input[1]].shape == init[dq.input[2]].shape == (128,)

@@ -7,6 +7,7 @@ import torch
 from onnx import numpy_helper
 
 from calibration.calibration_set import CalibrationSet
+from calibration.onnx_graph import producers
 from codec import weights
 from calibration.quantize import PERCENTILE, quantize_encoder
 from codec.errors import CodecError
@@ -93,10 +94,10 @@ def qdq_activation_scales(path) -> list:
     """The per-tensor scales of the quantised Conv inputs in the Q/DQ graph, in graph order."""
     m = onnx.load(str(path))
     init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
-    producers = {o: n for n in m.graph.node for o in n.output}
-    convs = [n for n in m.graph.node if n.op_type == "Conv" and n.input[0] in producers
-             and producers[n.input[0]].op_type == "DequantizeLinear"]
-    return [float(init[producers[c.input[0]].input[1]]) for c in convs]
+    producer = producers(m)
+    convs = [n for n in m.graph.node if n.op_type == "Conv" and n.input[0] in producer
+             and producer[n.input[0]].op_type == "DequantizeLinear"]
+    return [float(init[producer[c.input[0]].input[1]]) for c in convs]
 
 
 def test_it_computes_what_onnx_runtime_runs_in_the_qdq_graph(default_model, photo_dir, tmp_path):

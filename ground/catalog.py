@@ -5,7 +5,9 @@ second daemon racing) fails and is treated as a duplicate. WAL mode lets several
 """
 from __future__ import annotations
 
+import fcntl
 import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
 
 COLUMNS = ("drone", "image_id", "site", "sha256", "bytes", "width", "height", "lambda_index", "lambda", "bpp",
@@ -25,15 +27,31 @@ CREATE TABLE IF NOT EXISTS images (
 """
 
 
+@contextmanager
+def _setup_lock(path):
+    """Serialise the catalog set-up of daemons that start together.
+
+    Switching to WAL takes an exclusive lock from a shared one; when two connections try at once, SQLite
+    refuses one with "database is locked" at once (its busy timeout does not apply to that deadlock).
+    """
+    with open(f"{path}.setup-lock", "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class Catalog:
     def __init__(self, path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         # Made where the daemon is built, used by its main loop thread only (one thread at a time).
         self.db = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        with _setup_lock(path):
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(SCHEMA)
+            self.db.commit()
         self.db.execute("PRAGMA synchronous=FULL")   # the row is on disk before the ack goes out
-        self.db.execute(SCHEMA)
-        self.db.commit()
 
     def has(self, drone: str, image_id: str) -> bool:
         row = self.db.execute("SELECT 1 FROM images WHERE drone=? AND image_id=?", (drone, image_id)).fetchone()

@@ -42,15 +42,21 @@ def _setup_lock(path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def open_catalog(path, schema: str, **connect_args) -> sqlite3.Connection:
+    """A connection to the shared catalog in WAL mode, with `schema` created if it is not there yet."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), timeout=30, **connect_args)
+    with _setup_lock(path):
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(schema)
+        db.commit()
+    return db
+
+
 class Catalog:
     def __init__(self, path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         # Made where the daemon is built, used by its main loop thread only (one thread at a time).
-        self.db = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
-        with _setup_lock(path):
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(SCHEMA)
-            self.db.commit()
+        self.db = open_catalog(path, SCHEMA, check_same_thread=False)
         self.db.execute("PRAGMA synchronous=FULL")   # the row is on disk before the ack goes out
 
     def has(self, drone: str, image_id: str) -> bool:

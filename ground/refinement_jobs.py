@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sqlite3
 import sys
 import threading
 import time
@@ -30,6 +29,7 @@ from codec.photo_refinement import refine_photo
 from codec.runtime import CodecModel
 
 from . import exif_info
+from .catalog import open_catalog
 from .refinement_settings import RefinementSettings
 from codec.service.atomic_files import write_bytes
 from codec.service.process import LOG_FORMAT, load_config_or_report, stop_on_signals
@@ -53,10 +53,7 @@ class JobQueue:
     """The `refinements` table beside the daemon's `images` table, in the same SQLite catalog."""
 
     def __init__(self, catalog_path):
-        self.db = sqlite3.connect(str(catalog_path), timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(SCHEMA)
-        self.db.commit()
+        self.db = open_catalog(catalog_path, SCHEMA)
 
     def recover(self) -> int:
         """Jobs left `running` by a process that died go back to pending."""

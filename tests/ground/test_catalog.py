@@ -5,15 +5,16 @@ import multiprocessing
 import sqlite3
 
 from ground.catalog import Catalog
+from ground.refinement_jobs import JobQueue
 
 DAEMONS = 6
 STARTS = 150
 
 
-def _open(path, barrier, errors):
+def _open(opener, path, barrier, errors):
     barrier.wait()    # every process opens the fresh file at the same moment, like daemons started together
     try:
-        Catalog(path).close()
+        opener(path).db.close()
     except sqlite3.Error as exc:
         errors.put(f"{type(exc).__name__}: {exc}")
 
@@ -21,7 +22,9 @@ def _open(path, barrier, errors):
 def _start_together(path) -> list[str]:
     ctx = multiprocessing.get_context("fork")
     barrier, errors = ctx.Barrier(DAEMONS), ctx.Queue()
-    procs = [ctx.Process(target=_open, args=(path, barrier, errors)) for _ in range(DAEMONS)]
+    # Live daemons and refinement jobs (whose systemd units start at the same boot) open the same file.
+    openers = [(Catalog, JobQueue)[i % 2] for i in range(DAEMONS)]
+    procs = [ctx.Process(target=_open, args=(o, path, barrier, errors)) for o in openers]
     for p in procs:
         p.start()
     for p in procs:
@@ -32,7 +35,7 @@ def _start_together(path) -> list[str]:
     return found
 
 
-def test_daemons_that_start_together_all_open_a_new_catalog(tmp_path):
+def test_daemons_and_refinement_jobs_that_start_together_all_open_a_new_catalog(tmp_path):
     # CI once saw the second of two daemons die with "database is locked" on PRAGMA journal_mode=WAL: two
     # connections switching a new file to WAL at once deadlock, and SQLite refuses one without waiting.
     # The race is rare (a few starts in a few hundred), hence many starts.
@@ -42,6 +45,7 @@ def test_daemons_that_start_together_all_open_a_new_catalog(tmp_path):
         db = sqlite3.connect(path)
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("SELECT count(*) FROM images").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM refinements").fetchone()[0] == 0
         db.close()
 
 

@@ -104,18 +104,22 @@ def test_export_equalises_on_the_int8_calibration_set_and_varied_photos():
 
 
 def test_a_gdn_channel_with_gamma_near_zero_gets_its_weight_column_back_in_range(photos, tmp_path):
-    # a γ trained to ~0 makes the fold divide the next Conv's column by γ: one column ~1e4x the rest would
-    # set every row's INT8 weight scale; the gain cap must not stop the rescale that undoes it
+    # a γ trained to ~0 makes the fold divide the next Conv's column by γ and multiply the activation by γ:
+    # one column ~1e4x the rest would set every row's INT8 weight scale, and one activation channel ~1e4x
+    # narrower would get no levels; the gain cap must not stop the rescale that undoes both
     net = diagonal_model(seed=1).eval()
     with torch.no_grad():
         net.analysis.image.gdns[1].gamma_param.view(8, 8).diagonal()[3] = 1e-4 ** 0.5   # γ = gamma_param²
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     unequalised = int8_error(net, photos, tmp_path / "a")
-    equalise(net.analysis.image, net.cfg, [Calibration(photos).samples], PERCENTILE)
+    result = equalise(net.analysis.image, net.cfg, [Calibration(photos).samples], PERCENTILE)
     w = QuantisationAwareImageAnalysis.from_analysis(net.analysis.image, net.cfg).folded(2)[0]
     columns = w.abs().amax(dim=(0, 2, 3))
-    assert float(columns.max() / columns.median()) <= 1.5 * MAX_GAIN, columns
+    # brought down to an ordinary column (1.03x the median; 8.2x when it stopped at MAX_GAIN x the median)
+    assert float(columns[3] / columns.median()) <= 2, columns
+    # and its activation back up among the others (spread 6.1x; 48.5x when the column stopped at 8x)
+    assert result["spread_before"][1] > 1000 and result["spread_after"][1] <= 2 * MAX_GAIN, result
     equalised = int8_error(net, photos, tmp_path / "b")
     assert equalised < 0.5 * unequalised, (equalised, unequalised)
 

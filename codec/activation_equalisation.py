@@ -29,14 +29,21 @@ e_c stays within 1/MAX_GAIN..MAX_GAIN: then -0.07 dB, and that frame loses nothi
 The cap yields to the weights, though. A GDN channel whose γ trained to almost 0 (1.4e-7 in the session-11
 decay; the GDN is then linear there) gets its next-Conv weights divided by γ in the fold: one input column
 1.7e6x the median, which sets every output channel's weight scale and quantises the rest of each row to 0
-(that graph decoded at 11.5 dB). So a column more than MAX_GAIN times the median one gets e_c = w_c / median w:
-its weights come down to an ordinary column, and the activation the fold had shrunk by γ comes back up by
-as much. That scaling is certain to help, unlike lifting a quiet activation on trust: the channel's weight
-and activation ranges only trade places, and its output (their product) is of an ordinary size.
-Until session 15 such columns came down to MAX_GAIN times the median only. With 21 γ floored (the session-14
-decay) that left their activations 20-50x narrower than the widest channel (spreads after equalisation 11.6x,
-52x, 31x), and the Q/DQ graph lost -0.47 dB BD-PSNR (-1.26 dB at λ 8192) on 10 blade frames; brought down to
-the median, the spreads are 6.4x, 9.6x, 5.1x and the loss -0.07 dB (CPU graph -0.10 -> -0.08 dB).
+(that graph decoded at 11.5 dB). So a column more than MAX_GAIN times the median one comes down towards the
+median column (e_c up to w_c / median w), and the activation the fold had shrunk by γ comes back up by as much.
+That scaling is certain to help, unlike lifting a quiet activation on trust: the channel's weight and
+activation ranges only trade places. One limit: the lifted activation stays at most 1/LIFT_HEADROOM of the
+widest other channel's range. A γ≈0 channel is linear, with no Softsign to bound it, and on smooth sky it
+went past its calibrated range (1.27x on a drone frame's top-left corner); lifted to the top of the tensor it
+set the scale and clipped there.
+Measured on the session-14 decay (21 γ floored; `calibration rd`, 10 blade frames, BD-PSNR against FP32 of
+the Q/DQ / CPU graph; then λ 8192 on the top-left 240x400 of three drone frames, two of them sky, dB lost):
+- columns down to MAX_GAIN x the median only (until session 15): -0.47 / -0.10 dB (spreads after
+  equalisation 11.6x, 52x, 31x; -1.26 dB at λ 8192); sky crops 0.8, 2.9, 3.0 dB on the Q/DQ graph;
+- down to the median, no limit: -0.07 / -0.08 dB, but the sky crops lost 2.5 / 2.8 dB on both graphs;
+- down to 2x or 4x the median: -0.08 / -0.09 and -0.17 / -0.09 dB; sky crops up to 0.51 and 0.41 dB;
+- down to the median, limited to 1/4 of the widest (shipped): -0.09 / -0.09 dB (spreads 4.0x, 7.2x, 5.1x);
+  sky crops 0.09-0.11 dB (Q/DQ), 0.02-0.14 dB (CPU); limited to 1/2: -0.07 / -0.09 dB, sky up to 0.12 dB.
 
 `export_model.py` applies it to every exported model, so the float weights of a model file are already in
 this form; the float codec is the same function (its weights are stored as float16 either way).
@@ -51,6 +58,7 @@ from .quantisation_aware import QuantisationAwareImageAnalysis, percentile
 
 MAX_GAIN = 8.0   # e_c within [1/8, 8]: a channel quiet on every sample photo is not blown up on trust
 GAMMA_FLOOR = 1e-3   # of the GDN's median γ: the smallest γ the fold divides by
+LIFT_HEADROOM = 4.0   # a channel lifted out of an inflated column stays this far under the widest other one
 
 
 @torch.no_grad()
@@ -85,12 +93,23 @@ def equalise(image, cfg, sample_sets: list, q: float) -> dict:
         w = probe.folded(k + 1)[0].abs().amax(dim=(0, 2, 3))   # per input channel of the next Conv
         ratio = w / r.clamp_min(float(r.max()) * 1e-6)
         e = (ratio / ratio.median()).sqrt().clamp(1 / MAX_GAIN, MAX_GAIN)
-        inflated = w > MAX_GAIN * w.median()   # the fold divided this column by a γ near 0: undo all of it
-        e = torch.where(inflated, torch.maximum(e, w / w.median()), e)
+        e = undo_inflated_columns(w, r, e)
         rescale_channels(image.gdns[k], image.films[k], e)
         before.append(float(r.max() / r.min().clamp_min(1e-12)))
         after.append(float((r * e).max() / (r * e).min().clamp_min(1e-12)))
     return {"percentile": q, "max_gain": MAX_GAIN, "spread_before": before, "spread_after": after}
+
+
+def undo_inflated_columns(w: torch.Tensor, r: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """e with each weight column more than MAX_GAIN x the median (the fold divided it by a γ near 0) brought
+    down towards the median column and its activation up by as much, but to no more than 1/LIFT_HEADROOM of
+    the widest other channel's range, and never less than down to MAX_GAIN x the median."""
+    inflated = w > MAX_GAIN * w.median()
+    if not inflated.any():
+        return e
+    top = float((r * e)[~inflated].max()) / LIFT_HEADROOM
+    lift = torch.minimum(w / w.median(), top / r)
+    return torch.where(inflated, torch.maximum(e, torch.maximum(w / (MAX_GAIN * w.median()), lift)), e)
 
 
 def channel_ranges(probe, samples, q: float) -> list:

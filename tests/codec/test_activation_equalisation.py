@@ -9,7 +9,8 @@ import torch
 from calibration.calibration_set import CalibrationSet
 from calibration.quantize import PERCENTILE, quantize_encoder
 from codec import weights
-from codec.activation_equalisation import GAMMA_FLOOR, MAX_GAIN, equalise, floor_gamma, rescale_channels
+from codec.activation_equalisation import (GAMMA_FLOOR, LIFT_HEADROOM, MAX_GAIN, equalise, floor_gamma, rescale_channels,
+                                          undo_inflated_columns)
 from codec.export_model import build_model_arrays, equalise_for_int8
 from codec.inference_analysis import foldable
 from codec.onnx_export import OrtTransforms, export_stamped
@@ -122,6 +123,18 @@ def test_a_gdn_channel_with_gamma_near_zero_gets_its_weight_column_back_in_range
     assert result["spread_before"][1] > 1000 and result["spread_after"][1] <= 2 * MAX_GAIN, result
     equalised = int8_error(net, photos, tmp_path / "b")
     assert equalised < 0.5 * unequalised, (equalised, unequalised)
+
+
+def test_an_inflated_column_comes_down_to_the_median_unless_its_activation_would_near_the_widest():
+    w = torch.tensor([1.0, 0.5, 2.0, 1.0, 1.5, 1.0, 0.8, 1000.0])   # the last: a column the fold divided by γ≈0
+    e = torch.ones(8)
+    quiet = undo_inflated_columns(w, torch.tensor([1.0] * 7 + [1e-5]), e)
+    assert torch.equal(quiet[:7], e[:7]) and float(w[7] / quiet[7]) == pytest.approx(float(w.median()))
+    # a busier channel would end at 1000 x 1e-3 = 1, the widest range: it stops at 1/LIFT_HEADROOM of it
+    busy = undo_inflated_columns(w, torch.tensor([1.0] * 7 + [1e-3]), e)
+    assert float(1e-3 * busy[7]) == pytest.approx(1 / LIFT_HEADROOM)
+    assert float(w[7] / busy[7]) <= MAX_GAIN * float(w.median())
+    assert torch.equal(undo_inflated_columns(w[:7], torch.ones(7), e[:7]), e[:7])   # nothing inflated
 
 
 def test_gamma_floor_lifts_only_the_near_zero_channels_and_keeps_the_function():

@@ -40,7 +40,7 @@ Measured on the session-14 decay (21 γ floored; `calibration rd`, 10 blade fram
 the Q/DQ / CPU graph; then λ 8192 on the top-left 240x400 of three drone frames, two of them sky, dB lost):
 - columns down to MAX_GAIN x the median only (until session 15): -0.47 / -0.10 dB (spreads after
   equalisation 11.6x, 52x, 31x; -1.26 dB at λ 8192); sky crops 0.8, 2.9, 3.0 dB on the Q/DQ graph;
-- down to the median, no limit: -0.07 / -0.08 dB, but the sky crops lost 2.5 / 2.8 dB on both graphs;
+- down to the median, no limit: -0.07 / -0.08 dB, but the sky crops lost 2.4-2.8 dB on both graphs;
 - down to 2x or 4x the median: -0.08 / -0.09 and -0.17 / -0.09 dB; sky crops up to 0.51 and 0.41 dB;
 - down to the median, limited to 1/4 of the widest (shipped): -0.09 / -0.09 dB (spreads 4.0x, 7.2x, 5.1x);
   sky crops 0.09-0.11 dB (Q/DQ), 0.02-0.14 dB (CPU); limited to 1/2: -0.07 / -0.09 dB, sky up to 0.12 dB.

@@ -9,8 +9,8 @@ import torch
 from calibration.calibration_set import CalibrationSet
 from calibration.quantize import PERCENTILE, quantize_encoder
 from codec import weights
-from codec.activation_equalisation import (GAMMA_FLOOR, LIFT_HEADROOM, MAX_GAIN, equalise, floor_gamma, rescale_channels,
-                                          undo_inflated_columns)
+from codec.activation_equalisation import (GAMMA_FLOOR, LIFT_HEADROOM, MAX_GAIN, equalise, floor_gamma,
+                                          rescale_channels, undo_inflated_columns)
 from codec.export_model import build_model_arrays, equalise_for_int8
 from codec.inference_analysis import foldable
 from codec.onnx_export import OrtTransforms, export_stamped

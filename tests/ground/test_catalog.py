@@ -32,7 +32,8 @@ def _start_together(path) -> list[str]:
     found = []
     while not errors.empty():
         found.append(errors.get())
-    return found
+    # any other failure (an exception that is not SQLite's, a hang) shows as an exit code
+    return found + [f"exit code {p.exitcode}" for p in procs if p.exitcode != 0]
 
 
 def test_daemons_and_refinement_jobs_that_start_together_all_open_a_new_catalog(tmp_path):

@@ -53,8 +53,10 @@ def test_perturbed_analysis_still_decodes_exactly(default_model):
             np.testing.assert_array_equal(a, b)
         api.decompress(default_model, enc.data)
         changed.append(np.mean([np.mean(a != b) for a, b in zip(enc.latents, reference.latents)]))
-    # the noise moves a few latents across rounding boundaries, and nothing else
-    assert max(changed) < 0.01
+    # the noise moves a few latents across rounding boundaries, and the z1 priors' means with each moved z2
+    # (mean fraction over the levels, seeds 0-2: model 48fcf67e 0.006, 0.006, 0.0006; 597d4424 0.0006, 0.012,
+    # 0.007, of z1 alone up to 4 %); an analysis that is not the model's changes far more
+    assert max(changed) < 0.05
 
 
 HASH_SCRIPT = """

@@ -58,7 +58,11 @@ def test_few_tries_on_a_typical_curve():
 
 
 def test_real_photo_budget_matches_every_neighbour(default_model):
-    """On real encodes: the chosen index fits and the next one does not; starting at the answer, two tries."""
+    """On real encodes: the chosen index fits and the next one does not; starting at the answer, the same answer
+    in two tries, or three when the step in file size from the answer to its successor is far from the typical
+    slope and the interpolation overshoots (model 597d4424 on this small image, at one of the two budgets).
+    Trying the successor first instead would always take two here, but on consecutive drone frames, where the
+    previous answer rarely still holds, it took 4.75 encodes per photo against 4.10 (bench-budget, session 15)."""
     photo = Photo(synthetic_image(96, 160, seed=5))
     small = len(api.compress(default_model, photo, 0).data)
     large = len(api.compress(default_model, photo, 255).data)
@@ -69,7 +73,7 @@ def test_real_photo_budget_matches_every_neighbour(default_model):
         assert len(above.data) > max_bytes
         assert enc.tries < 8
         again = api.compress_to_budget(default_model, photo, max_bytes, start_index=enc.lambda_index)
-        assert (again.lambda_index, again.data, again.tries) == (enc.lambda_index, enc.data, 2)
+        assert (again.lambda_index, again.data) == (enc.lambda_index, enc.data) and again.tries <= 3
 
 
 def test_budgets_out_of_reach(default_model):

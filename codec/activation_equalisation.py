@@ -104,12 +104,13 @@ def undo_inflated_columns(w: torch.Tensor, r: torch.Tensor, e: torch.Tensor) -> 
     """e with each weight column more than MAX_GAIN x the median (the fold divided it by a γ near 0) brought
     down towards the median column and its activation up by as much, but to no more than 1/LIFT_HEADROOM of
     the widest other channel's range, and never less than down to MAX_GAIN x the median."""
-    inflated = w > MAX_GAIN * w.median()
+    to_median = w / w.median()   # the e that brings each column down to the median one
+    inflated = to_median > MAX_GAIN
     if not inflated.any():
         return e
     top = float((r * e)[~inflated].max()) / LIFT_HEADROOM
-    lift = torch.minimum(w / w.median(), top / r)
-    return torch.where(inflated, torch.maximum(e, torch.maximum(w / (MAX_GAIN * w.median()), lift)), e)
+    lift = torch.minimum(to_median, top / r).clamp_min(to_median / MAX_GAIN)
+    return torch.where(inflated, torch.maximum(e, lift), e)
 
 
 def channel_ranges(probe, samples, q: float) -> list:

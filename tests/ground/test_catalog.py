@@ -58,4 +58,5 @@ def test_a_photo_is_catalogued_once_across_two_connections(tmp_path):
     assert a.add(row) is True
     assert b.add(row) is False
     assert b.has("d1", "img-1") and [r["image_id"] for r in a.rows()] == ["img-1"]
-    a.close(), b.close()
+    a.close()
+    b.close()

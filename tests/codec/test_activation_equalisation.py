@@ -162,4 +162,5 @@ def test_a_gamma_at_exactly_zero_is_floored_so_the_export_folds_and_equalises():
     assert not foldable(net.analysis.image)
     result = equalise_for_int8(net)
     assert result is not None and result["gammas_lifted"] == 1
+    assert result["lift_headroom"] == LIFT_HEADROOM   # the model file records the rule it was equalised by
     assert foldable(net.analysis.image)

@@ -97,7 +97,8 @@ def equalise(image, cfg, sample_sets: list, q: float) -> dict:
         rescale_channels(image.gdns[k], image.films[k], e)
         before.append(float(r.max() / r.min().clamp_min(1e-12)))
         after.append(float((r * e).max() / (r * e).min().clamp_min(1e-12)))
-    return {"percentile": q, "max_gain": MAX_GAIN, "spread_before": before, "spread_after": after}
+    return {"percentile": q, "max_gain": MAX_GAIN, "lift_headroom": LIFT_HEADROOM, "spread_before": before,
+            "spread_after": after}
 
 
 def undo_inflated_columns(w: torch.Tensor, r: torch.Tensor, e: torch.Tensor) -> torch.Tensor:

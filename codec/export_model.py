@@ -136,7 +136,7 @@ def equalise_for_int8(net) -> dict | None:
     set and on varied training photos: the same function, balanced channel ranges in the INT8 graph. None
     when its GDNs do not fold."""
     from calibration.calibration_set import CalibrationSet   # calibration builds on codec: imported late
-    from .activation_equalisation import GAMMA_FLOOR, LIFT_HEADROOM, equalise, floor_gamma
+    from .activation_equalisation import GAMMA_FLOOR, equalise, floor_gamma
     from .inference_analysis import diagonal_gdns, foldable
     from .quantisation_aware import Calibration
 
@@ -149,7 +149,7 @@ def equalise_for_int8(net) -> dict | None:
     calibration = Calibration(CalibrationSet())
     varied = Calibration(CalibrationSet(PROJECT_ROOT / EQUALISATION_PHOTOS, count=32, crop=(256, 256)))
     result = equalise(image, net.cfg, [calibration.samples, varied.samples], calibration.percentile)
-    return {**result, "gamma_floor": GAMMA_FLOOR, "gammas_lifted": lifted, "lift_headroom": LIFT_HEADROOM}
+    return {**result, "gamma_floor": GAMMA_FLOOR, "gammas_lifted": lifted}
 
 
 def export(weights_path, out_path, val_dir="../shared/data/blades/drone_frames", val_images=6,

@@ -1,7 +1,8 @@
 """`python -m codec bench --data DIR --out DIR`: this codec and the anchors on the same images, same run.
 
 Writes per_image.csv, summary.csv (mean RD point per codec and setting, with s/MP), bd_rate.csv
-(BD-rate in PSNR and MS-SSIM of every codec against HEIC) and rd.png, and prints a Markdown table.
+(BD-rate in PSNR and MS-SSIM of every codec against HEIC) and rd.png, and prints a Markdown table; then
+where ours loses to HEIC (gap.py): gap_by_quality.csv, per_image_bd.csv and gap.md.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ..errors import CodecError
 from ..imageio import Photo, read_rgb
 from ..lambdas import index_of_lambda
 from ..runtime import CodecModel
+from . import gap
 from .anchors import Anchor, anchors
 from .metrics import bd_rate, ms_ssim, psnr
 
@@ -154,7 +156,18 @@ def run(data_dirs, out_dir, model_path=None, lambdas=DEFAULT_LAMBDAS, max_images
     plot(summary, out_dir / "rd.png")
     (out_dir / "bd_rate.md").write_text(markdown(bd) + "\n")
     print(markdown(bd))
+    write_gap(rows, summary, out_dir)
     return bd
+
+
+def write_gap(rows: list[dict], summary: list[dict], out_dir: Path, codec: str = "ours"):
+    gaps = gap.gap_by_quality(summary, codec, REFERENCE)
+    images = gap.per_image_bd(rows, codec, REFERENCE)
+    write_csv(out_dir / "gap_by_quality.csv", gaps)
+    write_csv(out_dir / "per_image_bd.csv", images)
+    text = gap.markdown(gaps, images, codec, REFERENCE)
+    (out_dir / "gap.md").write_text(text + "\n")
+    print(text)
 
 
 def main(args):

@@ -52,3 +52,6 @@ def test_bench_writes_tables_and_plot(tmp_path, tiny_model):
     assert len(rows) == 2 * (3 + sum(len(a.settings) for a in anchors()))
     assert all(float(r["bpp"]) > 0 for r in rows)
     assert (tmp_path / "out" / "rd.png").stat().st_size > 10_000
+    with open(tmp_path / "out" / "per_image_bd.csv") as f:
+        assert sorted(r["image"] for r in csv.DictReader(f)) == ["0.png", "1.png"]
+    assert "BD-rate of ours against HEIC per image" in (tmp_path / "out" / "gap.md").read_text()

@@ -9,7 +9,7 @@ import torch
 from calibration.calibration_set import CalibrationSet
 from calibration.quantize import PERCENTILE, quantize_encoder
 from codec import weights
-from codec.activation_equalisation import (GAMMA_FLOOR, LIFT_HEADROOM, MAX_GAIN, equalise, floor_gamma,
+from codec.activation_equalisation import (GAMMA_FLOOR, LIFT_HEADROOM, equalise, floor_gamma,
                                           rescale_channels, undo_inflated_columns)
 from codec.export_model import build_model_arrays, equalise_for_int8
 from codec.inference_analysis import foldable
@@ -120,7 +120,8 @@ def test_a_gdn_channel_with_gamma_near_zero_gets_its_weight_column_back_in_range
     # brought down to an ordinary column (1.03x the median; 8.2x when it stopped at MAX_GAIN x the median)
     assert float(columns[3] / columns.median()) <= 2, columns
     # and its activation back up among the others (spread 6.1x; 48.5x when the column stopped at 8x)
-    assert result["spread_before"][1] > 1000 and result["spread_after"][1] <= 2 * MAX_GAIN, result
+    # 16: the bound this test had with the cap at 8 (2 x MAX_GAIN then); raising the cap must not loosen it
+    assert result["spread_before"][1] > 1000 and result["spread_after"][1] <= 16, result
     equalised = int8_error(net, photos, tmp_path / "b")
     assert equalised < 0.5 * unequalised, (equalised, unequalised)
 
@@ -133,7 +134,7 @@ def test_an_inflated_column_comes_down_to_the_median_unless_its_activation_would
     # a busier channel would end at 1000 x 1e-3 = 1, the widest range: it stops at 1/LIFT_HEADROOM of it
     busy = undo_inflated_columns(w, torch.tensor([1.0] * 7 + [1e-3]), e)
     assert float(1e-3 * busy[7]) == pytest.approx(1 / LIFT_HEADROOM)
-    assert float(w[7] / busy[7]) <= MAX_GAIN * float(w.median())
+    assert float(w[7] / busy[7]) <= 8 * float(w.median())   # 4x here; 8x was MAX_GAIN until session 17
     assert torch.equal(undo_inflated_columns(w[:7], torch.ones(7), e[:7]), e[:7])   # nothing inflated
 
 

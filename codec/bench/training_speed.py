@@ -22,6 +22,10 @@ VARIANTS = {
     "compile_bf16": {"compile": True, "bf16": True},
     # the default run's GDNs: Γ exactly diagonal (lift_stuck_gdn: false), computed per element
     "compile_bf16_diagonal": {"compile": True, "bf16": True, "diagonal_gdn": True},
+    # the same in float32, for CPUs without bfloat16 instructions (AVX2 only), where bf16 is emulated
+    "diagonal": {"diagonal_gdn": True},
+    "compile_diagonal": {"compile": True, "diagonal_gdn": True},
+    "bf16_diagonal": {"bf16": True, "diagonal_gdn": True},
 }
 
 

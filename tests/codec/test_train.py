@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from codec.errors import CodecError
-from codec.train import TrainConfig, train
+from codec.train import TrainConfig, cpu_has_bf16, precision_for_this_cpu, train
 from tests.conftest import PROJECT_ROOT, synthetic_image
 
 TINY = {"levels": 2, "channels": 8, "latent_channels": 8, "prior_channels": 8}
@@ -259,7 +259,14 @@ def test_bf16_training_runs_and_checkpoints_float32_weights(tmp_path, folders):
     train(TrainConfig(**config(tmp_path, folders, steps=2, bf16=True, val_coded=False)))
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     assert state["step"] == 2 and all(v.dtype == torch.float32 for v in state["model"].values())
-    assert "val step 2" in (tmp_path / "run" / "train.log").read_text()
+    log_text = (tmp_path / "run" / "train.log").read_text()
+    assert "val step 2" in log_text
+    assert ("training in float32" in log_text) == (not cpu_has_bf16())   # emulated bf16 is never used
+
+
+def test_bf16_is_dropped_only_on_a_cpu_without_bfloat16_instructions():
+    assert precision_for_this_cpu(TrainConfig(bf16=True)).bf16 == cpu_has_bf16()
+    assert precision_for_this_cpu(TrainConfig(bf16=False)).bf16 is False
 
 
 def test_learning_rate_warms_up_holds_and_decays_from_decay_start():

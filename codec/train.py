@@ -586,7 +586,7 @@ def cpu_has_bf16() -> bool:
 
 def precision_for_this_cpu(cfg: TrainConfig) -> TrainConfig:
     """bf16: true where the CPU has bfloat16 instructions, else float32. On an AVX2-only CPU (session 19,
-    `bench-train`, 2 threads) float32 made 0.37 steps/s and emulated bf16 not 8 steps in 20 minutes, so
+    `bench-train`, 2 threads) float32 made 0.24-0.37 steps/s and emulated bf16 not 8 steps in 20 minutes, so
     asking for it there is never meant; the two train alike (session 16's float32 twin of a decay: -2.32 %
     against -2.25 %)."""
     if cfg.bf16 and not cpu_has_bf16():

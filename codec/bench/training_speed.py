@@ -25,6 +25,7 @@ VARIANTS = {
     # the same in float32, for CPUs without bfloat16 instructions (AVX2 only), where bf16 is emulated
     "diagonal": {"diagonal_gdn": True},
     "compile_diagonal": {"compile": True, "diagonal_gdn": True},
+    "compile_channels_last_diagonal": {"compile": True, "channels_last": True, "diagonal_gdn": True},
     "bf16_diagonal": {"bf16": True, "diagonal_gdn": True},
 }
 

@@ -11,6 +11,7 @@ from . import container, latent_coding, rate_search
 from .errors import BitstreamError, CodecError
 from .imageio import Photo
 from .lambdas import GRID_SIZE, lambda_of_index
+from .rate_aware_rounding import DEFAULT_BETA
 from .runtime import CodecModel
 from .tiling import TileGeometry, analyse, synthesise
 
@@ -57,14 +58,15 @@ def _assemble(model: CodecModel, geometry: TileGeometry, tiles_zq) -> list:
 
 
 def encode_latents(model: CodecModel, ys, geometry: TileGeometry, lambda_index: int, threads: int = 1,
-                   keep_latents=False):
+                   keep_latents=False, beta: float = DEFAULT_BETA):
     """Entropy-code continuous latents tile by tile, with the priors of this λ index.
+    beta: z1's rate-aware rounding (rate_aware_rounding.py; 0 rounds to the nearest integer).
 
     Returns (payloads, integer latents per level or None).
     """
     def one(regions):
         tile_ys = [y[:, rs, cs] for y, (rs, cs) in zip(ys, regions)]
-        payload, zq = latent_coding.encode(tile_ys, model, lambda_index)
+        payload, zq = latent_coding.encode(tile_ys, model, lambda_index, beta)
         return payload, zq if keep_latents else None
 
     results = _map(one, geometry.tiles(), threads)
@@ -73,14 +75,15 @@ def encode_latents(model: CodecModel, ys, geometry: TileGeometry, lambda_index: 
 
 
 def compress(model: CodecModel, photo: Photo, lambda_index: int, tile_px: int = DEFAULT_TILE_PX,
-             threads: int = 1, transforms=None, keep_latents: bool = False) -> Encoded:
-    """transforms: an object with image/latent methods (default: the PyTorch model at this λ)."""
+             threads: int = 1, transforms=None, keep_latents: bool = False, beta: float = DEFAULT_BETA) -> Encoded:
+    """transforms: an object with image/latent methods (default: the PyTorch model at this λ).
+    beta: z1's rate-aware rounding (encode_latents)."""
     geometry = _prepare(model, photo, lambda_index, tile_px, threads)
     if transforms is None:
         from .transforms import TorchTransforms
         transforms = TorchTransforms(model.torch_model, lambda_of_index(lambda_index))
     ys = analyse(transforms.image, transforms.latent, photo.pixels, geometry)
-    return compress_latents(model, ys, photo, lambda_index, tile_px, threads, keep_latents)
+    return compress_latents(model, ys, photo, lambda_index, tile_px, threads, keep_latents, beta)
 
 
 def _prepare(model: CodecModel, photo: Photo, lambda_index: int, tile_px: int, threads: int) -> TileGeometry:
@@ -97,13 +100,14 @@ def _prepare(model: CodecModel, photo: Photo, lambda_index: int, tile_px: int, t
 
 
 def compress_latents(model: CodecModel, ys, photo: Photo, lambda_index: int, tile_px: int = DEFAULT_TILE_PX,
-                     threads: int = 1, keep_latents: bool = False) -> Encoded:
-    """Entropy-code continuous latents (from any analysis, or refined ones) into a container."""
+                     threads: int = 1, keep_latents: bool = False, beta: float = DEFAULT_BETA) -> Encoded:
+    """Entropy-code continuous latents (from any analysis, or refined ones) into a container.
+    beta: as in encode_latents; refined latents take 0 (SGA+ has already put each one on its side of the bin)."""
     geometry = _prepare(model, photo, lambda_index, tile_px, threads)
     expected = model.level_shapes(geometry.h1, geometry.w1)
     if [tuple(y.shape) for y in ys] != expected:
         raise CodecError(f"latent shapes {[tuple(y.shape) for y in ys]} do not match the image ({expected})")
-    payloads, latents = encode_latents(model, ys, geometry, lambda_index, threads, keep_latents)
+    payloads, latents = encode_latents(model, ys, geometry, lambda_index, threads, keep_latents, beta)
     header = container.Header(model.cfg.levels, lambda_index, model.model_id, geometry.width, geometry.height,
                               tile_px, *geometry.grid)
     meta = {container.META_EXIF: photo.exif, container.META_XMP: photo.xmp}

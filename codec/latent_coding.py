@@ -3,7 +3,8 @@
 Encoder and decoder run the same integer code: zL is rounded and coded with the model's table for each
 channel (a learned Gaussian scale, or the fixed logistic of older models); each lower level is coded as
 residual r = round(y - mean) with the Gaussian table chosen by the integer prior from the decoded level
-above. Decoded latents are kept as integers zq = z * mean_grid, exact.
+above; z1's residuals are rounded with an eye on their bits (rate_aware_rounding.py: the encoder's choice, the
+decoder does not know). Decoded latents are kept as integers zq = z * mean_grid, exact.
 `model` is a runtime.CodecModel: its priors, mean grid, CDF tables and zL tables.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 
 from . import rans, spatial_context
 from .errors import BitstreamError
+from .rate_aware_rounding import DEFAULT_BETA, towards_mean
 
 VALUE_LIMIT = 1 << 23  # residuals are clipped here; the escape code covers up to 2**24
 
@@ -20,9 +22,15 @@ def _round(y: np.ndarray) -> np.ndarray:
     return np.clip(np.floor(y.astype(np.float64) + 0.5), -VALUE_LIMIT, VALUE_LIMIT).astype(np.int64)
 
 
-def quantise(ys, model, lambda_index: int):
+def _round_z1(t, table_idx, model, beta: float) -> np.ndarray:
+    r = _round(t)
+    return towards_mean(t, r, table_idx, model.symbol_bits, model.tables["offsets"], beta) if beta > 0 else r
+
+
+def quantise(ys, model, lambda_index: int, beta: float = DEFAULT_BETA):
     """ys: list of (C,h,w) float arrays, level 1 first. Returns (values, tables, zq per level).
     lambda_index: the header's λ index (λ-conditioned priors pick their bias row with it).
+    beta: z1's rate-aware rounding (0: plain rounding).
 
     values and tables are in decoding order: level L first, then L-1, ..., 1.
     """
@@ -35,35 +43,38 @@ def quantise(ys, model, lambda_index: int):
     for level in range(levels - 2, -1, -1):
         y = ys[level]
         if level == 0 and model.context is not None:
-            zq[0] = _quantise_checkerboard(y, zq[1], model, lambda_index, values, tables)
+            zq[0] = _quantise_checkerboard(y, zq[1], model, lambda_index, values, tables, beta)
             continue
         index, mean_q = model.priors[level](zq[level + 1], y.shape[-2:], lambda_index)
-        residual = _round(y - mean_q / mean_grid)
+        t = y - mean_q / mean_grid
+        residual = _round_z1(t, index, model, beta) if level == 0 else _round(t)
         zq[level] = residual * mean_grid + mean_q
         values.append(residual.ravel())
         tables.append(index.ravel())
     return np.concatenate(values).astype(np.int32), np.concatenate(tables).astype(np.int32), zq
 
 
-def _quantise_checkerboard(y, zq_above, model, lambda_index, values, tables):
+def _quantise_checkerboard(y, zq_above, model, lambda_index, values, tables, beta):
     """z1 in two halves (spatial_context.py): anchors with the prior alone, then the rest with the
     context's corrections; each half's symbols in C order. Returns zq of z1."""
     mean_grid, prior = model.cfg.mean_grid, model.priors[0]
     u, mean_q = prior.outputs(zq_above, y.shape[-2:], lambda_index)
-    residual = _round(y - mean_q / mean_grid)
-    zq = residual * mean_grid + mean_q
     first = spatial_context.anchors(*y.shape[-2:])
+    index1 = np.clip(u, 0, prior.num_scales - 1)
+    # Only the anchors' rounding counts here; the rest are rounded again below with the context's prior.
+    residual = _round_z1(y - mean_q / mean_grid, index1, model, beta)
+    zq = residual * mean_grid + mean_q
     index, mean2 = spatial_context.second_half((u, mean_q), zq, model.context, prior.num_scales)
-    residual2 = _round(y[:, ~first] - mean2 / mean_grid)
+    residual2 = _round_z1(y[:, ~first] - mean2 / mean_grid, index, model, beta)
     zq[:, ~first] = residual2 * mean_grid + mean2
     values += [residual[:, first].ravel(), residual2.ravel()]
-    tables += [np.clip(u[:, first], 0, prior.num_scales - 1).ravel(), index.ravel()]
+    tables += [index1[:, first].ravel(), index.ravel()]
     return zq
 
 
-def encode(ys, model, lambda_index: int):
+def encode(ys, model, lambda_index: int, beta: float = DEFAULT_BETA):
     """Returns (the tile's payload, zq per level)."""
-    values, table_idx, zq = quantise(ys, model, lambda_index)
+    values, table_idx, zq = quantise(ys, model, lambda_index, beta)
     t = model.tables
     words = rans.encode(values, table_idx, t["cdfs"], t["lengths"], t["offsets"])
     return words.astype("<u4").tobytes(), zq

@@ -92,7 +92,7 @@ def refine_photo(model, photo, lambda_index: int, cfg: RefineConfig, on_step=Non
         refined, steps = refine(net, x, lam, cfg, ys, on_step)
     else:
         refined, steps = refine_by_tiles(net, x, lam, cfg, ys, g, on_step)
-    enc = api.compress_latents(model, [y[0].numpy() for y in refined], photo, lambda_index)
+    enc = api.compress_latents(model, [y[0].numpy() for y in refined], photo, lambda_index, beta=0.0)
     after = measure(model, enc.data, pixels, lam)
     keep = after.loss < before.loss
     return Refined(enc.data if keep else base.data, before, after if keep else before, steps, keep,

@@ -14,6 +14,7 @@ from .cdf_tables import check_tables
 from .errors import CodecError
 from .integer_prior import IntegerPrior
 from .model import ModelConfig
+from .rate_aware_rounding import symbol_bits
 from .spatial_context import IntegerContext
 
 TABLE_KEYS = ("cdfs", "lengths", "offsets")
@@ -105,6 +106,11 @@ class CodecModel:
         for p in image.eval().parameters():
             p.requires_grad_(False)
         return image
+
+    @cached_property
+    def symbol_bits(self) -> np.ndarray:
+        """What each symbol of each CDF table costs, in bits (the encoder's rate-aware rounding reads it)."""
+        return symbol_bits(self.tables["cdfs"], self.tables["lengths"])
 
     def float_arrays(self) -> dict:
         return {k: v for k, v in self._arrays.items() if k.startswith(weights.FLOAT_PREFIX)}

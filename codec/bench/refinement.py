@@ -71,7 +71,7 @@ def run_one(model, pixels, lam_index, config, steps, checkpoints):
     per_step = (time.process_time() - t0) / steps
     points = []
     for step in sorted(found):
-        enc = api.compress_latents(model, [z[0].numpy() for z in found[step]], photo, lam_index)
+        enc = api.compress_latents(model, [z[0].numpy() for z in found[step]], photo, lam_index, beta=0.0)
         points.append((step, measure(model, enc.data, pixels, lam)))
     return points, per_step
 

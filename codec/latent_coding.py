@@ -60,15 +60,15 @@ def _quantise_checkerboard(y, zq_above, model, lambda_index, values, tables, bet
     mean_grid, prior = model.cfg.mean_grid, model.priors[0]
     u, mean_q = prior.outputs(zq_above, y.shape[-2:], lambda_index)
     first = spatial_context.anchors(*y.shape[-2:])
-    index1 = np.clip(u, 0, prior.num_scales - 1)
-    # Only the anchors' rounding counts here; the rest are rounded again below with the context's prior.
-    residual = _round_z1(y - mean_q / mean_grid, index1, model, beta)
-    zq = residual * mean_grid + mean_q
+    zq = np.zeros(y.shape, np.int64)   # as in the decoder: the context reads only the anchors
+    index1 = np.clip(u[:, first], 0, prior.num_scales - 1)
+    residual1 = _round_z1(y[:, first] - mean_q[:, first] / mean_grid, index1, model, beta)
+    zq[:, first] = residual1 * mean_grid + mean_q[:, first]
     index, mean2 = spatial_context.second_half((u, mean_q), zq, model.context, prior.num_scales)
     residual2 = _round_z1(y[:, ~first] - mean2 / mean_grid, index, model, beta)
     zq[:, ~first] = residual2 * mean_grid + mean2
-    values += [residual[:, first].ravel(), residual2.ravel()]
-    tables += [index1[:, first].ravel(), index.ravel()]
+    values += [residual1.ravel(), residual2.ravel()]
+    tables += [index1.ravel(), index.ravel()]
     return zq
 
 

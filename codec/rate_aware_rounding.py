@@ -6,9 +6,11 @@ one step closer to the prior mean adds little latent error but can save many bit
 when the squared latent error this adds is below BETA times the bits it saves, the bits read from the very
 CDF tables the coder uses.
 
-Why one β serves every λ: the latents carry the rate gain sqrt(λ/724), so a latent error e is an image error
-of about e²·724/λ (times the synthesis' own gain), which the training loss weighs by λ: the trade between
-latent error and bits does not depend on λ.
+Why one β for every λ: the latents carry the rate gain sqrt(λ/724), so a latent error e is an image error
+of about e²·724/λ (times the synthesis' own gain), which the training loss weighs by λ: to first order the
+trade between latent error and bits does not depend on λ. Probing the synthesis (session 20) found its gain
+per unit latent error growing faster than that with λ, and differing between channels, but weighting the
+rounding by either measured gain did no better (README, "Rate-aware rounding").
 
 Only the encoder changes: the integers it picks are coded and decoded as before, so the bitstream format, the
 model id and every decoder stay as they are. Only z1 is treated: it carries nearly all the bits, and the
@@ -17,9 +19,9 @@ upper levels steer the priors of everything below them.
 β was chosen in session 20 on photos the benchmark does not use (BD-rate against plain rounding, real files,
 model 8bfbed17, λ 64-8192): on 10 `blades/dtu_nordtank` photos β 0.01 gave -0.92 %, 0.02 -1.14 %; on 6 general
 `train/` photos +0.06 % and +0.47 %. 0.01 keeps most of the blade gain and costs general photos nothing.
-It costs the encoder ~0.035 s/MP (entropy coding 0.295 -> 0.330 s/MP on a blade frame, one thread).
+It costs the encoder ~0.02 s/MP (entropy coding 0.275 -> 0.294 s/MP on a blade frame, one thread).
 Tried beside it and dropped (README, "Rate-aware rounding"): the same shift for every residual (a deadzone)
-lost 2-26 %, and moving the decoder's values towards the mean (reconstruction offsets) lost 10 %.
+lost 2-26 %, and moving the decoder's values towards the mean (reconstruction offsets) lost 11 %.
 """
 from __future__ import annotations
 

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-images", type=int, default=0)
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--codecs", nargs="+", help="subset of codecs to run (names as in the table)")
+    b.add_argument("--archive-steps", type=int, default=0,
+                   help="also bench ours as archived at the ground: SGA+ refinement for this many steps per photo")
     r = sub.add_parser("refine", help="SGA+ test-time latent refinement of one photo -> .nlic")
     r.add_argument("input", help="original photo, or a .nlic bitstream (refines its reconstruction)")
     r.add_argument("-o", "--output", required=True)

@@ -58,6 +58,12 @@ def _curve(x, y):
     return xs[keep], ys[keep]
 
 
+def common_range(dist_a, dist_b) -> tuple[float | None, float | None]:
+    """The quality range two curves share (what BD-rate averages over); (None, None) if they do not meet."""
+    lo, hi = max(min(dist_a), min(dist_b)), min(max(dist_a), max(dist_b))
+    return (float(lo), float(hi)) if hi > lo else (None, None)
+
+
 def _mean_gap(xa, ya, xb, yb) -> float | None:
     """Mean of (curve b - curve a) over their common x range, both PCHIP-interpolated; None if disjoint."""
     from scipy.interpolate import PchipInterpolator

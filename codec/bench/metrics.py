@@ -68,8 +68,8 @@ def _mean_gap(xa, ya, xb, yb) -> float | None:
     """Mean of (curve b - curve a) over their common x range, both PCHIP-interpolated; None if disjoint."""
     from scipy.interpolate import PchipInterpolator
 
-    lo, hi = max(xa.min(), xb.min()), min(xa.max(), xb.max())
-    if hi <= lo or len(xa) < 2 or len(xb) < 2:
+    lo, hi = common_range(xa, xb)
+    if lo is None or len(xa) < 2 or len(xb) < 2:
         return None
     grid = np.linspace(lo, hi, 200)
     trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 1.x (JetPack) has only trapz

@@ -57,10 +57,7 @@ def archived(model: CodecModel, lambdas, steps: int, threads: int) -> Anchor:
     def encode(pixels, lam):
         return refine_photo(model, Photo(pixels), index_of_lambda(lam), cfg).data
 
-    def decode(data):
-        return api.decompress(model, data, threads=threads).pixels
-
-    return Anchor(ARCHIVE, list(lambdas), encode, decode)
+    return Anchor(ARCHIVE, list(lambdas), encode, ours(model, lambdas, threads).decode)
 
 
 def measure(codec: Anchor, pixels: np.ndarray, setting) -> dict:
@@ -107,9 +104,9 @@ def bd_table(summary: list[dict]) -> list[dict]:
     out = []
     for dataset, points in _by_dataset(summary):
         ref = points.get(REFERENCE)
+        if ref is None:
+            continue
         for codec, pts in points.items():
-            if ref is None:
-                continue
             row = {"dataset": dataset, "codec": codec, **_bd_rates(ref, pts)}
             row["enc_s_per_mp"] = float(np.mean([p["enc_s_per_mp"] for p in pts]))
             row["dec_s_per_mp"] = float(np.mean([p["dec_s_per_mp"] for p in pts]))

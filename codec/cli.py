@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     bg.add_argument("--lambda", dest="lam", type=float, default=1024.0)
     bg.add_argument("--max-images", type=int, default=4)
 
+    bv = sub.add_parser("bench-curve", help="steps to the BD-rate targets if training keeps its pace (power-law fit)")
+    bv.add_argument("--history", default=None, help="CSV of model, step, blades, kodak (default: docs/results)")
+    bv.add_argument("--since", type=int, default=36000, help="fit the models from this step on (default: the "
+                    "last architecture change)")
+    bv.add_argument("--steps-per-s", type=float, default=0.35, help="training speed for the days column")
+
     bn = sub.add_parser("bench-runs", help="coded validation RD of training runs, BD-rate against the first")
     bn.add_argument("runs", nargs="+", help="run directories (their last.npz) or model files")
 
@@ -251,6 +257,7 @@ COMMANDS = {
     "bench-coder": _lazy(".bench.coder"),
     "bench-train": _lazy(".bench.training_speed"),
     "bench-runs": _lazy(".bench.compare_runs"),
+    "bench-curve": _lazy(".bench.learning_curve"),
     "bench-ceiling": _lazy(".bench.ceiling"),
     "bench-gdn": _lazy(".bench.gdn_strength"),
     "bench-memory": _lazy(".bench.memory"),

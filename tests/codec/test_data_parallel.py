@@ -1,5 +1,10 @@
 """Data-parallel training: real gloo process groups on this machine, real training runs."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +46,55 @@ def _one_step_in_each_process(out_dir: str):
 
 def _fails():
     raise CodecError("the weights do not fit the configured model: x")
+
+
+def _wait_in_each_process(out_dir: str):
+    """Say which process this is, then wait as a long training run would."""
+    (Path(out_dir) / f"{os.getpid()}.pid").write_text(str(data_parallel.rank()))
+    time.sleep(300)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan is reaped by init; its /proc entry may linger a moment)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _wait_for(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)")
+def test_workers_stop_when_the_launcher_is_killed(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    # Started as `python -m codec train ... &` starts it from a script: SIGINT ignored, so the workers also
+    # ignore the SIGINT torch's spawn asks the kernel to send them when their parent dies.
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from codec import data_parallel; "
+         "from tests.codec.test_data_parallel import _wait_in_each_process as f; "
+         "data_parallel.launch(f, 2, sys.argv[1])", str(tmp_path)], cwd=root,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert _wait_for(lambda: len(list(tmp_path.glob("*.pid"))) == 2, 120), "the workers never started"
+        workers = [int(p.stem) for p in tmp_path.glob("*.pid")]
+        assert all(_running(pid) for pid in workers)
+        launcher.send_signal(signal.SIGKILL)   # what an OOM kill or `kill -9` of `codec train` does
+        launcher.wait(timeout=30)
+        assert _wait_for(lambda: not any(_running(pid) for pid in workers), 30), "orphaned workers kept running"
+    finally:
+        launcher.kill()
+        for pid in tmp_path.glob("*.pid"):
+            try:
+                os.kill(int(pid.stem), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_gradients_are_averaged_and_weights_stay_identical(tmp_path):

@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench-runs", help="coded validation RD of training runs, BD-rate against the first")
     bn.add_argument("runs", nargs="+", help="run directories (their last.npz) or model files")
+    bn.add_argument("--recode", action="store_true", help="code every run's weights again with today's encoder "
+                    "(frames, λs and calibration photos from --config) instead of reading the recorded figures")
+    bn.add_argument("--config", help="training config whose validation settings --recode uses (default: the "
+                    "default run's)")
 
     bc = sub.add_parser("bench-coder", help="rANS throughput and overhead on real photos' symbols")
     bc.add_argument("--data", default="../shared/data/blades/drone_frames")

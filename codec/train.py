@@ -269,6 +269,12 @@ class Validator:
         return result
 
     @staticmethod
+    def coder() -> dict:
+        """The encoder settings behind coded(): figures from other settings do not compare (bench-runs)."""
+        from .rate_aware_rounding import DEFAULT_BETA
+        return {"rate_aware_beta": DEFAULT_BETA}
+
+    @staticmethod
     def score(result: dict) -> float:
         """One number to pick the best checkpoint: mean RD loss over the validation λs."""
         return float(np.mean([b + lam * 10 ** (-p / 10) for lam, (b, p) in result.items()]))
@@ -617,6 +623,7 @@ def validate(cfg: TrainConfig, validator, model, run_dir: Path, step: int, wall:
         log.info("val step %d coded: %s", step,
                  "  ".join(f"λ{lam}: {b:.3f} bpp {p:.2f} dB" for lam, (b, p) in coded.items()))
         info["val_coded"] = {str(k): v for k, v in coded.items()}
+        info["val_coder"] = Validator.coder()
     export_float_model(model, run_dir / "last.npz", info)
     if score < best:
         export_float_model(model, run_dir / "best.npz", info)

@@ -2,10 +2,12 @@
 import re
 
 import pytest
+import yaml
 
-from codec.bench.compare_runs import read_run, table
+from codec.bench.compare_runs import read_run, recode_run, table
+from codec.cli import main as cli_main
 from codec.errors import CodecError
-from codec.train import TrainConfig, train
+from codec.train import TrainConfig, Validator, train
 from tests.codec.test_train import config
 
 
@@ -33,3 +35,32 @@ def test_two_runs_compare_and_mismatches_are_refused(tmp_path, folders):
         read_run(tmp_path / "uncoded")
     with pytest.raises(CodecError, match="no such model file"):
         read_run(tmp_path / "absent")
+
+
+def test_recode_reproduces_the_record_and_mixed_encoders_are_refused(tmp_path, folders, capsys):
+    cfg = config(tmp_path, folders, run_dir=str(tmp_path / "short"), steps=2)
+    train(TrainConfig(**cfg))
+    recorded = read_run(tmp_path / "short")
+    assert recorded["coder"] == Validator.coder() and recorded["coder"]["rate_aware_beta"] > 0
+    again = recode_run(tmp_path / "short", Validator(TrainConfig(**cfg)))
+    assert again["points"] == recorded["points"] and again["step"] == 2   # the same encoder: the same bytes
+
+    older = dict(recorded, name="older", coder=None)   # a record from before encoders were recorded
+    with pytest.raises(CodecError, match=r"different encoders \(older: not recorded .*short: .*--recode"):
+        table([older, recorded])
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli_main(["bench-runs", "--recode", "--config", str(path), str(tmp_path / "short"),
+                     str(tmp_path / "short" / "last.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "| short | 2 |" in out and "| last.npz | 2 |" in out and out.count("+0.00%") == 2, out
+
+
+def test_recode_without_validation_frames_is_one_clear_error(tmp_path, folders, capsys):
+    cfg = config(tmp_path, folders, run_dir=str(tmp_path / "short"), steps=2, val_coded=False)
+    train(TrainConfig(**cfg))
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(dict(cfg, val_dir=str(tmp_path / "nowhere"))))
+    assert cli_main(["bench-runs", "--recode", "--config", str(path), str(tmp_path / "short")]) == 1
+    assert "no validation frames" in capsys.readouterr().err

@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "last architecture change)")
     bv.add_argument("--steps-per-s", type=float, default=0.35, help="training speed for the days column")
 
+    bk = sub.add_parser("bench-blocks", help="one photo's error by block class (flat to edges): ours decoded, "
+                        "its unquantised ceiling, HEIC")
+    bk.add_argument("image")
+    bk.add_argument("--lambdas", type=float, nargs="+", default=[1024, 8192])
+    bk.add_argument("--heic", type=int, nargs="+", default=[50, 60], help="HEIC qualities")
+    bk.add_argument("--model")
+
     bn = sub.add_parser("bench-runs", help="coded validation RD of training runs, BD-rate against the first")
     bn.add_argument("runs", nargs="+", help="run directories (their last.npz) or model files")
     bn.add_argument("--recode", action="store_true", help="code every run's weights again with today's encoder "
@@ -262,6 +269,7 @@ COMMANDS = {
     "bench-train": _lazy(".bench.training_speed"),
     "bench-runs": _lazy(".bench.compare_runs"),
     "bench-curve": _lazy(".bench.learning_curve"),
+    "bench-blocks": _lazy(".bench.block_gap"),
     "bench-ceiling": _lazy(".bench.ceiling"),
     "bench-gdn": _lazy(".bench.gdn_strength"),
     "bench-memory": _lazy(".bench.memory"),

@@ -37,14 +37,19 @@ def _picture(x_hat: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def ceiling(net, pixels: np.ndarray, lam: float) -> tuple[float, float]:
-    """(PSNR from unquantised latents, PSNR from rounded latents) of one photo at one λ."""
+def reconstructions(net, pixels: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """(picture from unquantised latents, picture from rounded latents) of one photo (whole z1 positions)."""
     x = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).float().div(255)[None]
     lam_t = torch.tensor([float(lam)])
     ys = net.analysis(x, lam_t)
     z_hat, _ = net.top_down(ys, lam=lam_t)
-    unquantised, rounded = net.synthesis(ys[0], lam_t), net.synthesis(z_hat[0], lam_t)
-    return psnr(pixels, _picture(unquantised)), psnr(pixels, _picture(rounded))
+    return _picture(net.synthesis(ys[0], lam_t)), _picture(net.synthesis(z_hat[0], lam_t))
+
+
+def ceiling(net, pixels: np.ndarray, lam: float) -> tuple[float, float]:
+    """(PSNR from unquantised latents, PSNR from rounded latents) of one photo at one λ."""
+    unquantised, rounded = reconstructions(net, pixels, lam)
+    return psnr(pixels, unquantised), psnr(pixels, rounded)
 
 
 def run(data: str, model: CodecModel, lambdas=(64, 1024, 8192), max_images: int = 6) -> list[dict]:

@@ -1,7 +1,8 @@
 """`python -m codec bench-curve`: how many training steps the company's targets would take at this pace.
 
 Reads the shipped models' history (docs/results/learning_curve.csv: the training step of each shipped model
-and its BD-rate against HEIC in PSNR, plain rounding, from the full benchmark of its session) and fits a power law to the rate ratio,
+and its BD-rate against HEIC in PSNR, plain rounding, from the full benchmark of its session) and fits a
+power law to the rate ratio,
     ln(1 + BD) = a + b · ln(step),
 the shape the main line has followed since its architecture last changed (session 8, step 36,000). The fit
 says at which step each BD-rate target would be reached if the line kept its pace, and how long that is at a

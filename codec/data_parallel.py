@@ -10,8 +10,8 @@ Measured (session 7, idle machine, step 25,000): one process with 2 threads 2.05
 from __future__ import annotations
 
 import os
+import signal
 import socket
-import threading
 import time
 from datetime import timedelta
 
@@ -46,7 +46,10 @@ def launch(fn, processes: int, *args):
 
 def _worker(index: int, processes: int, port: int, fn, args):
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    # torch's spawn has the kernel send each worker SIGINT when its parent dies, but a run started in the
+    # background from a script (`codec train ... &`) ignores SIGINT and its workers inherit that: killing the
+    # launcher left them training as orphans, writing checkpoints beside any restarted run (session 22).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     store = dist.TCPStore("127.0.0.1", port, processes, is_master=index == 0, timeout=TIMEOUT)
     dist.init_process_group("gloo", store=store, rank=index, world_size=processes, timeout=TIMEOUT)
     fn(*args)   # on an exception spawn() stops the other processes
@@ -56,17 +59,6 @@ def _worker(index: int, processes: int, port: int, fn, args):
     store.add("closed", 1)
     if index == 0:   # the store lives in process 0: it leaves last
         _wait_for_all(store, "closed", processes)
-
-
-def _exit_with_parent(parent: int, every_s: float = 1.0):
-    """Stop this worker once the process that launched it is gone. torch's spawn has the kernel send a worker
-    SIGINT when its parent dies, but a run started in the background from a script (`codec train ... &`)
-    ignores SIGINT, and so do its workers: killing the launcher left them training as orphans, writing the
-    run's checkpoints beside any run restarted in the same directory (session 22). Checkpoints are replaced
-    atomically, so exiting mid-write is safe."""
-    while os.getppid() == parent:
-        time.sleep(every_s)
-    os._exit(1)
 
 
 def _wait_for_all(store, name: str, processes: int):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CodecError
-from ..imageio import Photo, read_rgb
+from ..imageio import read_rgb
 from ..runtime import CodecModel
 from ..tiling import STRIDE
 from .ceiling import reconstructions
@@ -45,17 +45,20 @@ def block_mse(pixels: np.ndarray, recon: np.ndarray) -> np.ndarray:
     return _per_block(((recon.astype(np.float64) - pixels) ** 2).mean(axis=2), np.mean)
 
 
+def class_masks(spread: np.ndarray) -> list[np.ndarray]:
+    return [(spread >= lo) & (spread < hi) for lo, hi in CLASSES]
+
+
 def by_class(spread: np.ndarray, mse: np.ndarray) -> list:
     """Mean error of each class's blocks (None for an empty class)."""
-    return [float(mse[(spread >= lo) & (spread < hi)].mean()) if ((spread >= lo) & (spread < hi)).any()
-            else None for lo, hi in CLASSES]
+    return [float(mse[mask].mean()) if mask.any() else None for mask in class_masks(spread)]
 
 
 def rows(model: CodecModel, pixels: np.ndarray, lambdas, heic_qualities) -> list[dict]:
     """One row per reconstruction: name, bpp (None for the ceiling), per-class and overall MSE."""
-    from .. import api
     from ..lambdas import index_of_lambda, lambda_of_index
     from .anchors import anchors
+    from .rd import ours
 
     pixels = whole_blocks(pixels)
     spread, out = block_spread(pixels), []
@@ -64,16 +67,18 @@ def rows(model: CodecModel, pixels: np.ndarray, lambdas, heic_qualities) -> list
         mse = block_mse(pixels, recon)
         out.append({"name": name, "bpp": None if nbytes is None else 8 * nbytes / (pixels.shape[0] * pixels.shape[1]),
                     "classes": by_class(spread, mse), "all": float(mse.mean()), "block_mse": mse})
+
+    def coded(codec, setting, name):
+        data = codec.encode(pixels, setting)
+        add(name, len(data), codec.decode(data))
+    own = ours(model, lambdas, threads=1)
     for lam in lambdas:
-        index = index_of_lambda(lam)
-        data = api.compress(model, Photo(pixels), index).data
-        add(f"ours λ{lam:g}", len(data), api.decompress(model, data).pixels)
-        unquantised, _ = reconstructions(model.torch_model, pixels, lambda_of_index(index))
+        coded(own, lam, f"ours λ{lam:g}")
+        unquantised, _ = reconstructions(model.torch_model, pixels, lambda_of_index(index_of_lambda(lam)))
         add(f"ours λ{lam:g}, unquantised", None, unquantised)
     heic = next(a for a in anchors(1) if a.name == "HEIC")
     for q in heic_qualities:
-        data = heic.encode(pixels, q)
-        add(f"HEIC q{q}", len(data), heic.decode(data))
+        coded(heic, q, f"HEIC q{q}")
     return out
 
 
@@ -86,7 +91,7 @@ def worst_share(mse: np.ndarray) -> float:
 def table(pixels: np.ndarray, result: list[dict]) -> str:
     spread = block_spread(whole_blocks(pixels))
     names = [f"{lo:g}–{hi:g}" if np.isfinite(hi) else f"≥ {lo:g}" for lo, hi in CLASSES]
-    counts = [int(((spread >= lo) & (spread < hi)).sum()) for lo, hi in CLASSES]
+    counts = [int(mask.sum()) for mask in class_masks(spread)]
     lines = ["| reconstruction | bpp | " + " | ".join(f"luma std {n} ({c} blocks)" for n, c in zip(names, counts))
              + " | all | worst 1 % of blocks' share |", "|---" * (len(CLASSES) + 4) + "|"]
     for r in result:

@@ -27,10 +27,6 @@ def model_file(path) -> Path:
     return file
 
 
-def _name(path) -> str:
-    return Path(path).expanduser().name
-
-
 def read_run(path) -> dict:
     """{'name', 'step', 'wall', 'points': {λ: (bpp, psnr)}, 'coder'} of a run directory or a model file."""
     file = model_file(path)
@@ -38,9 +34,7 @@ def read_run(path) -> dict:
     coded = info.get("val_coded")
     if not coded:
         raise CodecError(f"{file}: no entropy-coded validation recorded (train with val_coded: true)")
-    points = {float(lam): tuple(v) for lam, v in coded.items()}
-    return {"name": _name(path), "step": info.get("step"), "wall": info.get("wall_seconds"), "points": points,
-            "coder": info.get("val_coder")}
+    return _record(path, info, coded, info.get("val_coder"))
 
 
 def recode_run(path, validator) -> dict:
@@ -48,9 +42,12 @@ def recode_run(path, validator) -> dict:
     from ..train import Validator, load_float
 
     net, info = load_float(model_file(path))
-    points = {float(lam): tuple(v) for lam, v in validator.coded(net).items()}
-    return {"name": _name(path), "step": info.get("step"), "wall": info.get("wall_seconds"), "points": points,
-            "coder": Validator.coder()}
+    return _record(path, info, validator.coded(net), Validator.coder())
+
+
+def _record(path, info: dict, coded: dict, coder) -> dict:
+    return {"name": Path(path).expanduser().name, "step": info.get("step"), "wall": info.get("wall_seconds"),
+            "points": {float(lam): tuple(v) for lam, v in coded.items()}, "coder": coder}
 
 
 def _coder_text(coder) -> str:

@@ -11,7 +11,7 @@ from . import container, latent_coding, rate_search
 from .errors import BitstreamError, CodecError
 from .imageio import Photo
 from .lambdas import GRID_SIZE, lambda_of_index
-from .rate_aware_rounding import DEFAULT_BETA
+from .rate_aware_rounding import DEFAULT_BETA, check_beta
 from .runtime import CodecModel
 from .tiling import TileGeometry, analyse, synthesise
 
@@ -64,6 +64,8 @@ def encode_latents(model: CodecModel, ys, geometry: TileGeometry, lambda_index: 
 
     Returns (payloads, integer latents per level or None).
     """
+    check_beta(beta)
+
     def one(regions):
         tile_ys = [y[:, rs, cs] for y, (rs, cs) in zip(ys, regions)]
         payload, zq = latent_coding.encode(tile_ys, model, lambda_index, beta)

@@ -13,6 +13,13 @@ from pathlib import Path
 from .errors import CodecError
 
 
+def _beta_option(parser):
+    from .rate_aware_rounding import DEFAULT_BETA, PSNR_BETA
+    parser.add_argument("--beta", type=float, default=DEFAULT_BETA,
+                        help=f"z1's rate-aware rounding (default {DEFAULT_BETA:g}: plain rounding, which keeps faint "
+                             f"defects; {PSNR_BETA:g} saves ~1 %% of the bits on PSNR and costs faint defects ~8 %%)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m codec", description="Learned codec for blade photos")
     sub = p.add_subparsers(dest="command", required=True)
@@ -27,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", help="model file (default: the bundled model)")
     c.add_argument("--threads", type=int, default=1)
     c.add_argument("--tile", type=int, default=1024, help="coding tile size in pixels")
+    _beta_option(c)
 
     d = sub.add_parser("decompress", help=".nlic bitstream -> .png/.tif/.jpg with the photo's metadata")
     d.add_argument("input")
@@ -62,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--codecs", nargs="+", help="subset of codecs to run (names as in the table)")
     b.add_argument("--archive-steps", type=int, default=0,
                    help="also bench ours as archived at the ground: SGA+ refinement for this many steps per photo")
+    _beta_option(b)
     r = sub.add_parser("refine", help="SGA+ test-time latent refinement of one photo -> .nlic")
     r.add_argument("input", help="original photo, or a .nlic bitstream (refines its reconstruction)")
     r.add_argument("-o", "--output", required=True)
@@ -117,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument("--lambdas", type=float, nargs="+", default=[1024, 8192])
     bk.add_argument("--heic", type=int, nargs="+", default=[50, 60], help="HEIC qualities")
     bk.add_argument("--model")
+
+    bf = sub.add_parser("bench-defects", help="bits each codec needs to keep half the contrast of faint cracks "
+                        "and pits drawn on a blade shell (and on photos with --data)")
+    bf.add_argument("--out", required=True)
+    bf.add_argument("--data", help="folder of photos to draw the defects on as well")
+    bf.add_argument("--max-images", type=int, default=4, help="photos taken evenly from --data (0: all)")
+    bf.add_argument("--codecs", nargs="+", help="only these (names as in the RD benchmark)")
+    bf.add_argument("--threads", type=int, default=1)
+    bf.add_argument("--model")
+    _beta_option(bf)
 
     bn = sub.add_parser("bench-runs", help="coded validation RD of training runs, BD-rate against the first")
     bn.add_argument("runs", nargs="+", help="run directories (their last.npz) or model files")
@@ -174,7 +193,7 @@ def cmd_compress(args):
     model = CodecModel.load(args.model)
     photo = read_photo(args.input)
     h, w = photo.pixels.shape[:2]
-    opts = {"threads": args.threads, "tile_px": args.tile}
+    opts = {"threads": args.threads, "tile_px": args.tile, "beta": args.beta}
     try:
         if args.lam is not None:
             enc = api.compress(model, photo, index_of_lambda(args.lam), **opts)
@@ -270,6 +289,7 @@ COMMANDS = {
     "bench-runs": _lazy(".bench.compare_runs"),
     "bench-curve": _lazy(".bench.learning_curve"),
     "bench-blocks": _lazy(".bench.block_gap"),
+    "bench-defects": _lazy(".bench.defect_visibility"),
     "bench-ceiling": _lazy(".bench.ceiling"),
     "bench-gdn": _lazy(".bench.gdn_strength"),
     "bench-memory": _lazy(".bench.memory"),

@@ -22,14 +22,31 @@ model 8bfbed17, λ 64-8192): on 10 `blades/dtu_nordtank` photos β 0.01 gave -0.
 It costs the encoder ~0.02 s/MP (entropy coding 0.275 -> 0.294 s/MP on a blade frame, one thread).
 Tried beside it and dropped (README, "Rate-aware rounding"): the same shift for every residual (a deadzone)
 lost 2-26 %, and moving the decoder's values towards the mean (reconstruction offsets) lost 11 %.
+
+It is off by default since session 24: the bits it saves are the faint detail inspectors look for. On
+`bench-defects` (faint cracks and pits drawn on photos) β 0.01 needs 7-9 % more bits than plain rounding before
+a defect keeps half its contrast (4 `dtu_nordtank` photos: +8.6 %, 4 `drone_frames`: +7.7 %, the synthetic
+shell +7.1 %). Restricting it to spare the detail (moves only where the prior's scale is at least 0.3-1.2, or
+only moves saving at most 4-7 bits) took its PSNR gain with it (+0.03 to +0.26 % BD-rate against plain
+rounding on 8 `dtu_nordtank` photos): the gain is the isolated costly ±1s of flat areas, which is what a faint
+crack is to the encoder. PSNR_BETA keeps the PSNR-best setting for those who choose it (`--beta`, edge
+`rate.rounding_beta`).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .errors import CodecError
 from .rans import PREC
 
-DEFAULT_BETA = 0.01
+PSNR_BETA = 0.01     # the best β on PSNR (session 20)
+DEFAULT_BETA = 0.0   # plain rounding: faint defects keep their bits (session 24)
+
+
+def check_beta(beta: float) -> None:
+    if not 0 <= beta <= 1:     # past 1 it would zero nearly every small residual: surely a typo
+        raise CodecError(f"rate-aware rounding β {beta:g} is outside [0, 1] (0: plain rounding, {PSNR_BETA:g}: "
+                         "best on PSNR)")
 
 
 def symbol_bits(cdfs: np.ndarray, lengths: np.ndarray) -> np.ndarray:

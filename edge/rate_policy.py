@@ -17,7 +17,7 @@ class RatePolicy:
         """Returns codec.api.Encoded. The backend supplies the analysis transforms at the chosen λ.
         rate: this photo's settings instead of the configured ones (the warm-up encodes at a fixed λ)."""
         rate = rate or self.rate
-        opts = {"tile_px": rate.tile_px, "threads": rate.threads}
+        opts = {"tile_px": rate.tile_px, "threads": rate.threads, "beta": rate.rounding_beta}
         if rate.mode == "fixed":
             return api.compress(self.model, photo, rate.lambda_index,
                                 transforms=self.backend.transforms(lambda_of_index(rate.lambda_index)), **opts)

@@ -25,6 +25,7 @@ from ..data import list_images, spread
 from ..errors import CodecError
 from ..imageio import Photo, read_rgb
 from ..lambdas import index_of_lambda
+from ..rate_aware_rounding import DEFAULT_BETA
 from ..runtime import CodecModel
 from . import gap
 from .anchors import Anchor, anchors
@@ -36,9 +37,10 @@ ARCHIVE = "ours-archive"
 FIELDS = ["dataset", "image", "codec", "setting", "bytes", "bpp", "psnr", "ms_ssim", "enc_s_per_mp", "dec_s_per_mp"]
 
 
-def ours(model: CodecModel, lambdas, threads: int) -> Anchor:
+def ours(model: CodecModel, lambdas, threads: int, beta: float = DEFAULT_BETA) -> Anchor:
+    """beta: z1's rate-aware rounding (codec/rate_aware_rounding.py; the default is the encoder's)."""
     def encode(pixels, lam):
-        return api.compress(model, Photo(pixels), index_of_lambda(lam), threads=threads).data
+        return api.compress(model, Photo(pixels), index_of_lambda(lam), threads=threads, beta=beta).data
 
     def decode(data):
         return api.decompress(model, data, threads=threads).pixels
@@ -184,17 +186,28 @@ def head_to_head_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def contenders(model: CodecModel, lambdas, threads: int, codecs=None, beta: float = DEFAULT_BETA,
+               archive_steps: int = 0) -> list[Anchor]:
+    """Ours, ours as archived (with archive_steps), then the anchors; only those named in `codecs` if given."""
+    archive = [archived(model, lambdas, archive_steps, threads)] if archive_steps > 0 else []
+    every = [ours(model, lambdas, threads, beta)] + archive + anchors(threads)
+    if not codecs:
+        return every
+    unknown = set(codecs) - {c.name for c in every}
+    if unknown:
+        raise CodecError(f"unknown codec {', '.join(sorted(unknown))}: choose from "
+                         + ", ".join(c.name for c in every))
+    return [c for c in every if c.name in codecs]
+
+
 def run(data_dirs, out_dir, model_path=None, lambdas=DEFAULT_LAMBDAS, max_images=0, threads=2,
-        codecs=None, archive_steps: int = 0) -> list[dict]:
-    """archive_steps: also run ours as archived at the ground (SGA+ for that many steps per photo; 0: not)."""
+        codecs=None, archive_steps: int = 0, beta: float = DEFAULT_BETA) -> list[dict]:
+    """archive_steps: also run ours as archived at the ground (SGA+ for that many steps per photo; 0: not).
+    beta: our encoder's rate-aware rounding."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = CodecModel.load(model_path)
-    contenders = [ours(model, lambdas, threads)] + anchors(threads)
-    if archive_steps > 0:
-        contenders.insert(1, archived(model, lambdas, archive_steps, threads))
-    if codecs:
-        contenders = [c for c in contenders if c.name in codecs]
+    codecs_run = contenders(model, lambdas, threads, codecs, beta, archive_steps)
     rows = []
     for d in data_dirs:
         paths = list_images(d)
@@ -203,7 +216,7 @@ def run(data_dirs, out_dir, model_path=None, lambdas=DEFAULT_LAMBDAS, max_images
             raise CodecError(f"no images in {d}")
         for path in paths:
             pixels = read_rgb(path)
-            for codec in contenders:
+            for codec in codecs_run:
                 for setting in codec.settings:
                     rows.append({"dataset": Path(d).name, "image": path.name, **measure(codec, pixels, setting)})
             print(f"{Path(d).name}/{path.name} done", flush=True)
@@ -234,4 +247,4 @@ def write_gap(rows: list[dict], summary: list[dict], out_dir: Path, codec: str =
 
 def main(args):
     run(args.data, args.out, args.model, tuple(args.lambdas), args.max_images, args.threads, args.codecs,
-        args.archive_steps)
+        args.archive_steps, args.beta)

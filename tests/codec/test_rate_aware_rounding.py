@@ -1,17 +1,19 @@
 """Rate-aware rounding of z1: which residuals move, and what it does to real files."""
 import numpy as np
+import pytest
 
 from codec import api, latent_coding
+from codec.errors import CodecError
 from codec.imageio import Photo
 from codec.lambdas import index_of_lambda, lambda_of_index
 from codec.rans import TOTAL
-from codec.rate_aware_rounding import DEFAULT_BETA, symbol_bits
+from codec.rate_aware_rounding import PSNR_BETA, symbol_bits
 from codec.tiling import TileGeometry, analyse
 from codec.transforms import TorchTransforms
 from tests.conftest import synthetic_image
 
 
-def _round(model, t, table, beta=DEFAULT_BETA):
+def _round(model, t, table, beta=PSNR_BETA):
     t = np.asarray(t, np.float64)
     return latent_coding._round_z1(t, np.full(t.shape, table, np.int64), model, beta)
 
@@ -65,8 +67,8 @@ def test_real_files_get_smaller_and_decode_to_what_the_encoder_chose(default_mod
     for lam in (64, 1024, 8192):
         index = index_of_lambda(lam)
         ys = _latents(default_model, pixels, index)
-        plain = api.compress_latents(default_model, ys, Photo(pixels), index, keep_latents=True, beta=0.0)
-        rounded = api.compress_latents(default_model, ys, Photo(pixels), index, keep_latents=True)
+        plain = api.compress_latents(default_model, ys, Photo(pixels), index, keep_latents=True)
+        rounded = api.compress_latents(default_model, ys, Photo(pixels), index, keep_latents=True, beta=PSNR_BETA)
         assert len(rounded.data) < len(plain.data)
         decoded, _ = api.decode_latents(default_model, api.read_container(default_model, rounded.data))
         for a, b in zip(rounded.latents, decoded):
@@ -75,3 +77,15 @@ def test_real_files_get_smaller_and_decode_to_what_the_encoder_chose(default_mod
         for a, b in zip(rounded.latents[1:], plain.latents[1:]):
             np.testing.assert_array_equal(a, b)
         assert np.any(rounded.latents[0] != plain.latents[0])
+
+
+def test_plain_rounding_is_the_default_and_a_wrong_beta_is_refused(default_model):
+    """Plain rounding keeps faint defects' bits (session 24), so every encoder uses it unless told otherwise."""
+    photo = Photo(synthetic_image(96, 128, seed=5))
+    index = index_of_lambda(1024)
+    default = api.compress(default_model, photo, index).data
+    assert default == api.compress(default_model, photo, index, beta=0.0).data
+    assert len(api.compress(default_model, photo, index, beta=PSNR_BETA).data) < len(default)
+    for beta in (-0.01, 2.0):
+        with pytest.raises(CodecError, match=r"outside \[0, 1\]"):
+            api.compress(default_model, photo, index, beta=beta)

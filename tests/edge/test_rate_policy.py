@@ -4,6 +4,7 @@ import pytest
 from codec import api
 from codec.errors import CodecError
 from codec.imageio import Photo
+from codec.rate_aware_rounding import PSNR_BETA
 from edge.backends import select_backend
 from edge.config import Rate
 from edge.rate_policy import RatePolicy
@@ -42,3 +43,15 @@ def test_budget_search_starts_at_the_previous_photos_index(default_model, backen
     assert (again.lambda_index, again.data, again.tries) == (first.lambda_index, first.data, 2)
     fixed = policy.encode(Photo(synthetic_image(128, 192, seed=4)), Rate(mode="fixed", lambda_index=9))
     assert fixed.lambda_index == 9 and policy.last_index == first.lambda_index
+
+
+def test_rounding_beta_reaches_the_encoder(default_model, backend):
+    """rate.rounding_beta: plain rounding by default (faint defects keep their bits); PSNR_BETA makes the same
+    photo's file at the same λ smaller, and it still decodes."""
+    photo = Photo(synthetic_image(128, 192, seed=3))
+    plain = RatePolicy(default_model, backend, Rate(mode="fixed", lambda_index=150)).encode(photo)
+    assert plain.data == api.compress(default_model, photo, 150, beta=0.0).data
+    rounded = RatePolicy(default_model, backend, Rate(mode="fixed", lambda_index=150, rounding_beta=PSNR_BETA)
+                         ).encode(photo)
+    assert len(rounded.data) < len(plain.data)
+    assert api.decompress(default_model, rounded.data).pixels.shape == photo.pixels.shape

@@ -7,6 +7,7 @@ import yaml
 from codec.bench.compare_runs import read_run, recode_run, table
 from codec.cli import main as cli_main
 from codec.errors import CodecError
+from codec.rate_aware_rounding import DEFAULT_BETA
 from codec.train import TrainConfig, Validator, train
 from tests.codec.test_train import config
 
@@ -41,7 +42,7 @@ def test_recode_reproduces_the_record_and_mixed_encoders_are_refused(tmp_path, f
     cfg = config(tmp_path, folders, run_dir=str(tmp_path / "short"), steps=2)
     train(TrainConfig(**cfg))
     recorded = read_run(tmp_path / "short")
-    assert recorded["coder"] == Validator.coder() and recorded["coder"]["rate_aware_beta"] > 0
+    assert recorded["coder"] == Validator.coder() and recorded["coder"]["rate_aware_beta"] == DEFAULT_BETA
     again = recode_run(tmp_path / "short", Validator(TrainConfig(**cfg)))
     assert again["points"] == recorded["points"] and again["step"] == 2   # the same encoder: the same bytes
 

@@ -43,10 +43,13 @@ PSNR_BETA = 0.01     # the best β on PSNR (session 20)
 DEFAULT_BETA = 0.0   # plain rounding: faint defects keep their bits (session 24)
 
 
+BETA_MAX = 1.0        # past it nearly every small residual would be zeroed: surely a typo
+
+
 def check_beta(beta: float) -> None:
-    if not 0 <= beta <= 1:     # past 1 it would zero nearly every small residual: surely a typo
-        raise CodecError(f"rate-aware rounding β {beta:g} is outside [0, 1] (0: plain rounding, {PSNR_BETA:g}: "
-                         "best on PSNR)")
+    if not 0 <= beta <= BETA_MAX:
+        raise CodecError(f"rate-aware rounding β {beta:g} is outside [0, {BETA_MAX:g}] (0: plain rounding, "
+                         f"{PSNR_BETA:g}: best on PSNR)")
 
 
 def symbol_bits(cdfs: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from codec.rate_aware_rounding import DEFAULT_BETA, PSNR_BETA
+from codec.rate_aware_rounding import BETA_MAX, DEFAULT_BETA, PSNR_BETA
 from codec.service.config_file import ConfigError, load_config  # noqa: F401  (re-exported for callers)
 from codec.service.mqtt import TLS, BrokerSettings, Strict, check_id, check_topic_level  # noqa: F401
 
@@ -24,7 +24,7 @@ class Rate(Strict):
     max_bytes: int = Field(200_000, ge=64, description="per-photo byte budget for mode=budget")
     tile_px: int = Field(1024, description="coding tile size in pixels")
     threads: int = Field(1, ge=1, le=64, description="encoder threads")
-    rounding_beta: float = Field(DEFAULT_BETA, ge=0, le=1,
+    rounding_beta: float = Field(DEFAULT_BETA, ge=0, le=BETA_MAX,
                                  description=f"z1's rate-aware rounding: 0 keeps faint defects' bits; {PSNR_BETA:g} "
                                              "saves ~1 % on PSNR and costs faint defects ~8 % (README)")
 

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import list_images, spread
 from ..errors import CodecError
 from ..imageio import read_rgb
 from ..runtime import CodecModel
 from ..rate_aware_rounding import DEFAULT_BETA
-from .rd import REFERENCE, contenders, write_csv
+from .rd import REFERENCE, bench_images, contenders, write_csv
 
 DEPTHS = (5, 8, 12, 20)                                   # grey levels below the surrounding surface
 KINDS = ("crack 1 px", "crack 2 px", "pit 3 px", "pit 6 px")
@@ -101,13 +100,8 @@ def contrast(pixels: np.ndarray, mask: np.ndarray) -> float:
 
 def pictures(data: str | None, max_images: int) -> list[tuple[str, np.ndarray]]:
     """(name, background) pairs: the synthetic shell, then the photos of `data` if given."""
-    paths = []
-    if data:
-        paths = list_images(data)
-        if not paths:
-            raise CodecError(f"no images in {data}")
-    chosen = spread(paths, max_images) if max_images else paths
-    return [(SHELL, shell(512, 640))] + [(Path(p).name, read_rgb(p)) for p in chosen]
+    paths = bench_images(data, max_images) if data else []
+    return [(SHELL, shell(512, 640))] + [(p.name, read_rgb(p)) for p in paths]
 
 
 def code_picture(name: str, background: np.ndarray, codecs) -> list[dict]:

@@ -186,6 +186,15 @@ def head_to_head_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def bench_images(folder, max_images: int) -> list[Path]:
+    """The folder's images, max_images of them evenly spaced (0: all); an empty folder is an error."""
+    paths = list_images(folder)
+    paths = spread(paths, max_images) if max_images else paths
+    if not paths:
+        raise CodecError(f"no images in {folder}")
+    return paths
+
+
 def contenders(model: CodecModel, lambdas, threads: int, codecs=None, beta: float = DEFAULT_BETA,
                archive_steps: int = 0) -> list[Anchor]:
     """Ours, ours as archived (with archive_steps), then the anchors; only those named in `codecs` if given."""
@@ -210,11 +219,7 @@ def run(data_dirs, out_dir, model_path=None, lambdas=DEFAULT_LAMBDAS, max_images
     codecs_run = contenders(model, lambdas, threads, codecs, beta, archive_steps)
     rows = []
     for d in data_dirs:
-        paths = list_images(d)
-        paths = spread(paths, max_images) if max_images else paths
-        if not paths:
-            raise CodecError(f"no images in {d}")
-        for path in paths:
+        for path in bench_images(d, max_images):
             pixels = read_rgb(path)
             for codec in codecs_run:
                 for setting in codec.settings:

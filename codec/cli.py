@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--codecs", nargs="+", help="only these (names as in the RD benchmark)")
     bf.add_argument("--threads", type=int, default=1)
     bf.add_argument("--model")
+    bf.add_argument("--against", nargs="+", metavar="MODEL", help="other model files of ours to code with too, "
+                    "each also compared with --model's defect by defect")
     _beta_option(bf)
 
     bn = sub.add_parser("bench-runs", help="coded validation RD of training runs, BD-rate against the first")

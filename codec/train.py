@@ -27,6 +27,7 @@ from .lambdas import LAMBDA_MAX, LAMBDA_MIN
 from .layers import SimplifiedGDN, use_elementwise_gdns
 from .model import ModelConfig, NestedLatentCodec
 from . import data_parallel, weights
+from .flat_area_weighting import flat_area_weights
 from .z1_widening import widen_z1
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +85,10 @@ class TrainConfig:
     lambda_weight_power: float = 0.0   # each sample's loss times (λ_mid/λ)^p, λ_mid the range's geometric mean:
                                        # p > 0 gives low-λ samples, whose losses are an order of magnitude smaller,
                                        # a larger share of the gradient (0: plain mean)
+    flat_weight: float = 0.0       # in [0, 1]: the distortion weighs each pixel's error by the inverse local
+                                   # variance of the original, mixed this much with plain MSE
+                                   # (flat_area_weighting.py; measured in session 25: no help to faint
+                                   # defects, +1 % BD-rate; 0: plain MSE)
     train_only: list = field(default_factory=list)   # parameter-name prefixes that train ("analysis."); the
                                                      # rest stay frozen (empty: everything trains)
     gdn_lr_gain: float = 0.0       # > 0: the GDNs' γ parameters get their own Adam group at lr times this (a new
@@ -107,6 +112,8 @@ class TrainConfig:
             raise CodecError(f"{path}: expected a mapping of settings at the top level")
         _check_keys(path, raw, cls, "")
         _check_keys(path, raw.get("model", {}), ModelConfig, "model.")
+        if not 0.0 <= raw.get("flat_weight", 0.0) <= 1.0:
+            raise CodecError(f"{path}: flat_weight must be in [0, 1], got {raw['flat_weight']}")
         return cls(**raw)
 
 
@@ -141,10 +148,13 @@ def lambda_weights(lam: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     return (mid / lam).pow(cfg.lambda_weight_power)
 
 
-def rd_loss(out, x, lam, weights=None):
-    """(weighted mean of bpp + λ·MSE, mean bpp, mean MSE); weights per sample (default: a plain mean)."""
-    mse = (out["x_hat"] - x).square().mean(dim=(1, 2, 3))
-    per_sample = out["bpp"] + lam * mse
+def rd_loss(out, x, lam, weights=None, pixel_weights=None):
+    """(weighted mean of bpp + λ·D, mean bpp, mean MSE); weights per sample (default: a plain mean); D is
+    the MSE, or with pixel_weights (N, 1, H, W) the pixel-weighted mean squared error."""
+    squared = (out["x_hat"] - x).square()
+    mse = squared.mean(dim=(1, 2, 3))
+    distortion = mse if pixel_weights is None else (squared * pixel_weights).mean(dim=(1, 2, 3))
+    per_sample = out["bpp"] + lam * distortion
     loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
     return loss, out["bpp"].mean(), mse.mean()
 
@@ -557,7 +567,8 @@ def _step(cfg: TrainConfig, model, forward, opt, distiller, x, lam) -> tuple:
         distiller.begin()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
         out = forward(x, lam, bound=cfg.bound)
-    loss, bpp, mse = rd_loss(out, x, lam, lambda_weights(lam, cfg))
+    pixel_weights = flat_area_weights(x, cfg.flat_weight) if cfg.flat_weight else None
+    loss, bpp, mse = rd_loss(out, x, lam, lambda_weights(lam, cfg), pixel_weights)
     align = recon = 0.0
     if distiller:
         extra, align, recon = distiller(x, lam, out)

@@ -10,6 +10,10 @@ The summary is the bit rate at which a defect keeps half its contrast, interpola
 ladder's points, and for each codec the geometric mean of that rate over HEIC's, over the defects both make
 visible inside their ladders. Session 23 found this while checking a decoder post-filter: the codec itself
 keeps only 2 of a 12-level hairline crack's levels at λ 1024.
+
+--against codes the same pictures with other model files of ours too ("ours:<model id>"), and the summary then
+also gives each one's half-contrast bpp over the default's, defect by defect: how a training change moves
+faint defects, which PSNR does not show.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from ..errors import CodecError
 from ..imageio import read_rgb
 from ..runtime import CodecModel
 from ..rate_aware_rounding import DEFAULT_BETA
-from .rd import REFERENCE, bench_images, contenders, write_csv
+from .rd import REFERENCE, bench_images, contenders, ours, write_csv
 
 DEPTHS = (5, 8, 12, 20)                                   # grey levels below the surrounding surface
 KINDS = ("crack 1 px", "crack 2 px", "pit 3 px", "pit 6 px")
@@ -31,6 +35,7 @@ LAMBDAS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)     # denser than the RD l
 MIN_SIDE = 256
 HALF = 0.5
 SHELL = "synthetic shell"
+OURS = "ours"
 VISIBLE = 0.75    # a drawn defect counts when the original keeps this share of its depth (not clipped at 0)
 
 
@@ -170,18 +175,34 @@ def markdown(cross: dict, codecs: list[str]) -> str:
 
 def _summary_rows(cross: dict, codecs: list[str], group: str, images: set) -> list[str]:
     never = [sum(1 for k, v in cross.items() if k[1] == c and k[0] in images and v[0] == ">") for c in codecs]
-    ratios = [ratio_to_reference(cross, c, images) for c in codecs]
-    return [f"| {group} | never at half contrast within the ladder | " + " | ".join(map(str, never)) + " |",
-            f"| {group} | bpp over {REFERENCE}'s (geometric mean; defects) | "
-            + " | ".join("—" if r is None else f"**{r:.2f}x** ({n})" for r, n in ratios) + " |"]
+    rows = [f"| {group} | never at half contrast within the ladder | " + " | ".join(map(str, never)) + " |"]
+    references = [REFERENCE] + ([OURS] if any(c.startswith(OURS + ":") for c in codecs) else [])
+    for reference in references:
+        ratios = [ratio_to_reference(cross, c, images, reference) for c in codecs]
+        rows.append(f"| {group} | bpp over {reference}'s (geometric mean; defects) | "
+                    + " | ".join("—" if r is None else f"**{r:.2f}x** ({n})" for r, n in ratios) + " |")
+    return rows
+
+
+def other_models(paths, lambdas, threads: int, beta: float) -> list:
+    """Ours with each of these model files, named ours:<first 8 hex digits of its model id>."""
+    runs = []
+    for path in paths or []:
+        model = CodecModel.load(path)
+        codec = ours(model, lambdas, threads, beta)
+        codec.name = f"{OURS}:{model.model_id.hex()[:8]}"
+        runs.append(codec)
+    return runs
 
 
 def run(out_dir, data=None, max_images: int = 4, model_path=None, lambdas=LAMBDAS, threads: int = 1,
-        codecs=None, beta: float = DEFAULT_BETA) -> tuple[dict, str]:
+        codecs=None, beta: float = DEFAULT_BETA, against=None) -> tuple[dict, str]:
     """Code every picture with every codec; write the CSVs and defects.md to out_dir.
-    beta: our encoder's rate-aware rounding. Returns the half-contrast crossings and the markdown table."""
+    beta: our encoder's rate-aware rounding; against: more model files of ours to code with.
+    Returns the half-contrast crossings and the markdown table."""
     backgrounds = pictures(data, max_images)
     codecs_run = contenders(CodecModel.load(model_path), lambdas, threads, codecs, beta)
+    codecs_run += other_models(against, lambdas, threads, beta)
     rows = []
     for name, background in backgrounds:
         rows += code_picture(name, background, codecs_run)
@@ -198,4 +219,4 @@ def run(out_dir, data=None, max_images: int = 4, model_path=None, lambdas=LAMBDA
 
 def main(args):
     print(run(args.out, args.data, args.max_images, args.model, threads=args.threads, codecs=args.codecs,
-              beta=args.beta)[1])
+              beta=args.beta, against=args.against)[1])

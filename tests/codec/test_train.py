@@ -296,6 +296,27 @@ def test_lambda_weighting_favours_low_lambdas_and_off_is_a_plain_mean(tmp_path, 
     assert "step 2" in (tmp_path / "run" / "train.log").read_text()
 
 
+def test_flat_weighting_weighs_the_distortion_per_pixel_and_trains(tmp_path, folders):
+    from codec.train import rd_loss
+    lam = torch.tensor([100.0, 1000.0])
+    x = torch.rand(2, 3, 8, 8)
+    out = {"x_hat": x + 0.1 * torch.rand_like(x), "bpp": torch.tensor([0.2, 0.5])}
+    pixel = torch.rand(2, 1, 8, 8)
+    squared = (out["x_hat"] - x).square()
+    loss, _, mse = rd_loss(out, x, lam, pixel_weights=pixel)
+    assert loss.item() == pytest.approx((out["bpp"] + lam * (squared * pixel).mean(dim=(1, 2, 3))).mean().item())
+    assert mse.item() == pytest.approx(squared.mean().item())   # the log's PSNR stays plain
+    train(TrainConfig(**config(tmp_path, folders, steps=2, flat_weight=0.5, val_coded=False)))
+    assert "step 2" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_flat_weight_outside_0_1_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"flat_weight": 2.0}))
+    with pytest.raises(CodecError, match="flat_weight must be in \\[0, 1\\], got 2.0"):
+        TrainConfig.from_yaml(path)
+
+
 @pytest.mark.parametrize("switch, learned", [("prior_lambda", "2.weight"), ("context", "out.weight")])
 def test_a_run_switched_to_a_new_part_resumes_learns_and_exports_it(tmp_path, folders, switch, learned):
     """λ-conditioned priors and the spatial context: parts a checkpoint can predate, starting at zero."""

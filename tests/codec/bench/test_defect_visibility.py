@@ -70,3 +70,16 @@ def test_cli_and_its_errors(tmp_path, capsys):
     assert cli_main(["bench-defects", "--out", str(tmp_path / "o"), "--codecs", "JPEG", "WebP"]) == 0
     out = capsys.readouterr().out
     assert "crack 1 px, 5 levels" in out and "WebP" in out
+
+
+
+def test_against_codes_with_another_model_and_compares_it_with_ours(tmp_path):
+    """The bundled weights under a second name: every defect crosses at the same bpp, so each ratio is 1."""
+    from codec.weights import DEFAULT_MODEL
+    cross, table = dv.run(tmp_path / "out", lambdas=(256, 1024, 8192), codecs=["ours", "HEIC"],
+                          against=[DEFAULT_MODEL])
+    other = [k for k in cross if k[1].startswith("ours:")]
+    assert len(other) == len(dv.KINDS) * len(dv.DEPTHS)
+    assert all(cross[k] == cross[(k[0], "ours", k[2], k[3])] for k in other)
+    cells = next(line for line in table.splitlines() if "bpp over ours's" in line).split(" | ")[2:]
+    assert cells[0].startswith("**1.00x**") and cells[2].startswith("**1.00x**")   # ours, ours:<id>

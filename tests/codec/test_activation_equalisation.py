@@ -165,3 +165,28 @@ def test_a_gamma_at_exactly_zero_is_floored_so_the_export_folds_and_equalises():
     assert result is not None and result["gammas_lifted"] == 1
     assert result["lift_headroom"] == LIFT_HEADROOM   # the model file records the rule it was equalised by
     assert foldable(net.analysis.image)
+
+
+def test_equalisation_records_the_scales_that_undo_it(photos):
+    """Training restarted from a model file returns to the weights it had (session 25: from the equalised
+    ones, 6.9 % BD-rate more lost in 1,000 steps)."""
+    from codec.activation_equalisation import undo_equalisation
+    net = unbalanced_model()
+    trained = copy.deepcopy(net)
+    record = equalise(net.analysis.image, net.cfg, [Calibration(photos).samples], PERCENTILE)
+    assert len(record["scales"]) == 3 and all(len(e) == 8 for e in record["scales"])
+    assert undo_equalisation(net.analysis.image, record)
+    for a, b in zip(net.analysis.image.parameters(), trained.analysis.image.parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert not undo_equalisation(net.analysis.image, {"spread_after": [1.0]})   # a file from before session 25
+
+
+def test_export_records_the_gamma_params_it_floored():
+    need_data(DATA / "blades" / "dtu_nordtank")
+    need_data(DATA / "train")
+    net = unbalanced_model()
+    with torch.no_grad():
+        net.analysis.image.gdns[1].gamma_param.view(8, 8).diagonal()[3] = 1e-6   # trained to ~0
+    record = equalise_for_int8(net)
+    assert record["gamma_params_before_floor"] == [[1, 3, pytest.approx(1e-6)]]
+    assert len(record["scales"]) == 3

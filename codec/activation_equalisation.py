@@ -65,19 +65,30 @@ GAMMA_FLOOR = 1e-3   # of the GDN's median γ: the smallest γ the fold divides 
 LIFT_HEADROOM = 4.0   # a channel lifted out of an inflated column stays this far under the widest other one
 
 
-@torch.no_grad()
+def gamma_params(gdn) -> torch.Tensor:
+    """A diagonal GDN's γ parameters (γ = their squares), as a writable view of its matrix's diagonal."""
+    return gdn.gamma_param.view(len(gdn.gamma_diagonal()), -1).diagonal()
+
+
 def floor_gamma(image, floor: float = GAMMA_FLOOR) -> int:
     """Lift each GDN's γ below floor · its median γ to that: a GDN whose γ trained to ~0 is linear there
     either way (x / (β + γ|x|) with γ|x| ≪ β), but the fold divides the next Conv's weights by γ, and
     a column 1e6x the others cannot be equalised within float16 (export stores β·e_c and the FiLM gain·e_c
     there). Returns how many channels were lifted."""
-    lifted = 0
-    for gdn in image.gdns:
+    return len(floor_gamma_recorded(image, floor))
+
+
+@torch.no_grad()
+def floor_gamma_recorded(image, floor: float = GAMMA_FLOOR) -> list:
+    """floor_gamma, returning each lifted channel as [gdn, channel, its γ parameter before]: what
+    undo_equalisation puts back."""
+    lifted = []
+    for k, gdn in enumerate(image.gdns):
         gamma = gdn.gamma_diagonal()
         level = float(floor * gamma.median())
-        low = gamma < level
-        gdn.gamma_param.view(len(gamma), -1).diagonal()[low] = level ** 0.5
-        lifted += int(low.sum())
+        low, params = gamma < level, gamma_params(gdn)
+        lifted += [[k, int(c), float(params[c])] for c in torch.nonzero(low).flatten()]
+        params[low] = level ** 0.5
     return lifted
 
 
@@ -106,11 +117,6 @@ def equalise(image, cfg, sample_sets: list, q: float) -> dict:
             "spread_after": after, "scales": scales}
 
 
-def diagonal_gamma_params(image) -> list:
-    """Each GDN's diagonal γ parameters (copies): what floor_gamma changes."""
-    return [gdn.gamma_param.view(len(gdn.gamma_diagonal()), -1).diagonal().detach().clone() for gdn in image.gdns]
-
-
 @torch.no_grad()
 def undo_equalisation(image, record: dict) -> bool:
     """Return image to the weights training had, from an export's record ("scales", and the γ parameters
@@ -124,8 +130,7 @@ def undo_equalisation(image, record: dict) -> bool:
     for gdn, film, e in zip(image.gdns, image.films, record["scales"]):
         rescale_channels(gdn, film, 1.0 / torch.tensor(e, dtype=gdn.beta_param.dtype))
     for k, channel, value in record.get("gamma_params_before_floor", []):
-        gdn = image.gdns[k]
-        gdn.gamma_param.view(len(gdn.gamma_diagonal()), -1).diagonal()[channel] = value
+        gamma_params(image.gdns[k])[channel] = value
     return True
 
 
@@ -158,7 +163,7 @@ def rescale_channels(gdn, film, e: torch.Tensor):
     beta, gamma = gdn.beta(), gdn.gamma_diagonal()
     gdn.beta_param.copy_((beta * e - 1e-6).clamp_min(0).sqrt())   # beta() = beta_param² + 1e-6
     c = len(e)
-    gdn.gamma_param.view(c, c).diagonal().copy_((gamma * e).sqrt())
+    gamma_params(gdn).copy_((gamma * e).sqrt())
     out = film.net[-1]   # its first half is the gain minus one: (1 + s)·e = 1 + (e·s + e - 1)
     out.weight[:c].mul_(e.view(-1, 1))
     out.bias[:c].copy_(e * (1 + out.bias[:c]) - 1)

@@ -413,9 +413,8 @@ def _load_state(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
         load_weights(model, widened(weights.float_state_dict(arrays), meta, model.cfg, cfg))
         step = int(meta.get("train", {}).get("step", 0))
         log.info("started from model file %s (trained %d steps)", cfg.init_from, step)
-        with torch.no_grad():
-            if undo_equalisation(model.analysis.image, meta.get("int8_equalisation")):
-                log.info("its INT8 equalisation undone: the analysis is back at the scales training had")
+        if undo_equalisation(model.analysis.image, meta.get("int8_equalisation")):   # under no_grad itself
+            log.info("its INT8 equalisation undone: the analysis is back at the scales training had")
         return step, float("inf"), None
     return 0, float("inf"), None
 

@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--model")
     bf.add_argument("--against", nargs="+", metavar="MODEL", help="other model files of ours to code with too, "
                     "each also compared with --model's defect by defect")
+    bf.add_argument("--archive-steps", type=int, default=0, help="also code ours as archived at the ground "
+                    "(SGA+ for this many steps per picture and λ), compared with ours defect by defect")
     _beta_option(bf)
 
     bn = sub.add_parser("bench-runs", help="coded validation RD of training runs, BD-rate against the first")

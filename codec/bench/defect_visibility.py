@@ -13,7 +13,8 @@ keeps only 2 of a 12-level hairline crack's levels at λ 1024.
 
 --against codes the same pictures with other model files of ours too ("ours:<model id>"), and the summary then
 also gives each one's half-contrast bpp over the default's, defect by defect: how a training change moves
-faint defects, which PSNR does not show.
+faint defects, which PSNR does not show. --archive-steps does the same for ours as the ground station archives
+a photo (SGA+ refinement, "ours-archive"): whether refining the latents for rate and MSE keeps faint defects.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from ..errors import CodecError
 from ..imageio import read_rgb
 from ..runtime import CodecModel
 from ..rate_aware_rounding import DEFAULT_BETA
-from .rd import REFERENCE, bench_images, contenders, ours, write_csv
+from .rd import ARCHIVE, REFERENCE, bench_images, contenders, ours, write_csv
 
 DEPTHS = (5, 8, 12, 20)                                   # grey levels below the surrounding surface
 KINDS = ("crack 1 px", "crack 2 px", "pit 3 px", "pit 6 px")
@@ -176,7 +177,8 @@ def markdown(cross: dict, codecs: list[str]) -> str:
 def _summary_rows(cross: dict, codecs: list[str], group: str, images: set) -> list[str]:
     never = [sum(1 for k, v in cross.items() if k[1] == c and k[0] in images and v[0] == ">") for c in codecs]
     rows = [f"| {group} | never at half contrast within the ladder | " + " | ".join(map(str, never)) + " |"]
-    references = [REFERENCE] + ([OURS] if any(c.startswith(OURS + ":") for c in codecs) else [])
+    # ours is a second reference when another variant of ours (a model file, the archive path) ran beside it
+    references = [REFERENCE] + ([OURS] if any(c.startswith(OURS + ":") or c == ARCHIVE for c in codecs) else [])
     for reference in references:
         ratios = [ratio_to_reference(cross, c, images, reference) for c in codecs]
         rows.append(f"| {group} | bpp over {reference}'s (geometric mean; defects) | "
@@ -196,12 +198,15 @@ def other_models(paths, lambdas, threads: int, beta: float) -> list:
 
 
 def run(out_dir, data=None, max_images: int = 4, model_path=None, lambdas=LAMBDAS, threads: int = 1,
-        codecs=None, beta: float = DEFAULT_BETA, against=None) -> tuple[dict, str]:
+        codecs=None, beta: float = DEFAULT_BETA, against=None, archive_steps: int = 0) -> tuple[dict, str]:
     """Code every picture with every codec; write the CSVs and defects.md to out_dir.
-    beta: our encoder's rate-aware rounding; against: more model files of ours to code with.
+    beta: our encoder's rate-aware rounding; against: more model files of ours to code with;
+    archive_steps: also code as the ground archives (SGA+ for that many steps per picture and λ).
     Returns the half-contrast crossings and the markdown table."""
     backgrounds = pictures(data, max_images)
-    codecs_run = contenders(CodecModel.load(model_path), lambdas, threads, codecs, beta)
+    if archive_steps > 0 and codecs and ARCHIVE not in codecs:
+        codecs = [*codecs, ARCHIVE]     # asking for the archive path and naming codecs should not drop it
+    codecs_run = contenders(CodecModel.load(model_path), lambdas, threads, codecs, beta, archive_steps)
     codecs_run += other_models(against, lambdas, threads, beta)
     rows = []
     for name, background in backgrounds:
@@ -219,4 +224,4 @@ def run(out_dir, data=None, max_images: int = 4, model_path=None, lambdas=LAMBDA
 
 def main(args):
     print(run(args.out, args.data, args.max_images, args.model, threads=args.threads, codecs=args.codecs,
-              beta=args.beta, against=args.against)[1])
+              beta=args.beta, against=args.against, archive_steps=args.archive_steps)[1])

@@ -1,6 +1,7 @@
 """bench-defects: drawn defects, their measured contrast, the half-contrast crossing, and a real run."""
 from __future__ import annotations
 
+import csv
 import math
 
 import numpy as np
@@ -83,3 +84,14 @@ def test_against_codes_with_another_model_and_compares_it_with_ours(tmp_path):
     assert all(cross[k] == cross[(k[0], "ours", k[2], k[3])] for k in other)
     cells = next(line for line in table.splitlines() if "bpp over ours's" in line).split(" | ")[2:]
     assert cells[0].startswith("**1.00x**") and cells[2].startswith("**1.00x**")   # ours, ours:<id>
+
+
+def test_archive_path_runs_beside_ours_and_is_compared_with_it(tmp_path, default_model):
+    # naming only ours must not drop the archive path that archive_steps asks for
+    cross, table = dv.run(tmp_path / "out", None, lambdas=(256, 8192), codecs=["ours"], archive_steps=2)
+    archived = {k: v for k, v in cross.items() if k[1] == dv.ARCHIVE}
+    assert len(archived) == len(dv.KINDS) * len(dv.DEPTHS)
+    assert f"| {dv.SHELL} | bpp over ours's" in table
+    rows = list(csv.DictReader(open(tmp_path / "out" / "defect_points.csv")))
+    bpp = {(r["codec"], r["setting"]): float(r["bpp"]) for r in rows}
+    assert set(bpp) == {(c, s) for c in ("ours", dv.ARCHIVE) for s in ("256", "8192")}

@@ -211,6 +211,7 @@ def run(out_dir, data=None, max_images: int = 4, model_path=None, lambdas=LAMBDA
     rows = []
     for name, background in backgrounds:
         rows += code_picture(name, background, codecs_run)
+        print(f"{name} done", flush=True)     # the archive path takes minutes per picture
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(out_dir / "defect_points.csv", rows)

@@ -92,6 +92,6 @@ def test_archive_path_runs_beside_ours_and_is_compared_with_it(tmp_path, default
     archived = {k: v for k, v in cross.items() if k[1] == dv.ARCHIVE}
     assert len(archived) == len(dv.KINDS) * len(dv.DEPTHS)
     assert f"| {dv.SHELL} | bpp over ours's" in table
-    rows = list(csv.DictReader(open(tmp_path / "out" / "defect_points.csv")))
+    rows = list(csv.DictReader((tmp_path / "out" / "defect_points.csv").read_text().splitlines()))
     bpp = {(r["codec"], r["setting"]): float(r["bpp"]) for r in rows}
     assert set(bpp) == {(c, s) for c in ("ours", dv.ARCHIVE) for s in ("256", "8192")}

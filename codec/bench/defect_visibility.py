@@ -28,7 +28,7 @@ from ..errors import CodecError
 from ..imageio import read_rgb
 from ..runtime import CodecModel
 from ..rate_aware_rounding import DEFAULT_BETA
-from .rd import ARCHIVE, REFERENCE, bench_images, contenders, ours, write_csv
+from .rd import ARCHIVE, OURS, REFERENCE, bench_images, contenders, ours, write_csv
 
 DEPTHS = (5, 8, 12, 20)                                   # grey levels below the surrounding surface
 KINDS = ("crack 1 px", "crack 2 px", "pit 3 px", "pit 6 px")
@@ -36,7 +36,6 @@ LAMBDAS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)     # denser than the RD l
 MIN_SIDE = 256
 HALF = 0.5
 SHELL = "synthetic shell"
-OURS = "ours"
 VISIBLE = 0.75    # a drawn defect counts when the original keeps this share of its depth (not clipped at 0)
 
 
@@ -204,8 +203,6 @@ def run(out_dir, data=None, max_images: int = 4, model_path=None, lambdas=LAMBDA
     archive_steps: also code as the ground archives (SGA+ for that many steps per picture and λ).
     Returns the half-contrast crossings and the markdown table."""
     backgrounds = pictures(data, max_images)
-    if archive_steps > 0 and codecs and ARCHIVE not in codecs:
-        codecs = [*codecs, ARCHIVE]     # asking for the archive path and naming codecs should not drop it
     codecs_run = contenders(CodecModel.load(model_path), lambdas, threads, codecs, beta, archive_steps)
     codecs_run += other_models(against, lambdas, threads, beta)
     rows = []

@@ -34,6 +34,7 @@ from .metrics import bd_rate, common_range, ms_ssim, psnr
 DEFAULT_LAMBDAS = (64, 256, 1024, 4096, 8192)
 REFERENCE = "HEIC"
 ARCHIVE = "ours-archive"
+OURS = "ours"
 FIELDS = ["dataset", "image", "codec", "setting", "bytes", "bpp", "psnr", "ms_ssim", "enc_s_per_mp", "dec_s_per_mp"]
 
 
@@ -45,7 +46,7 @@ def ours(model: CodecModel, lambdas, threads: int, beta: float = DEFAULT_BETA) -
     def decode(data):
         return api.decompress(model, data, threads=threads).pixels
 
-    return Anchor("ours", list(lambdas), encode, decode)
+    return Anchor(OURS, list(lambdas), encode, decode)
 
 
 def archived(model: CodecModel, lambdas, steps: int, threads: int) -> Anchor:
@@ -197,11 +198,14 @@ def bench_images(folder, max_images: int) -> list[Path]:
 
 def contenders(model: CodecModel, lambdas, threads: int, codecs=None, beta: float = DEFAULT_BETA,
                archive_steps: int = 0) -> list[Anchor]:
-    """Ours, ours as archived (with archive_steps), then the anchors; only those named in `codecs` if given."""
+    """Ours, ours as archived (with archive_steps), then the anchors; only those named in `codecs` if given
+    (with archive_steps the archive path always runs)."""
     archive = [archived(model, lambdas, archive_steps, threads)] if archive_steps > 0 else []
     every = [ours(model, lambdas, threads, beta)] + archive + anchors(threads)
     if not codecs:
         return every
+    if archive and ARCHIVE not in codecs:
+        codecs = [*codecs, ARCHIVE]     # asking for the archive path and naming codecs should not drop it
     unknown = set(codecs) - {c.name for c in every}
     if unknown:
         raise CodecError(f"unknown codec {', '.join(sorted(unknown))}: choose from "

@@ -9,7 +9,7 @@ import torch
 from calibration.calibration_set import CalibrationSet
 from calibration.quantize import PERCENTILE, quantize_encoder
 from codec import weights
-from codec.activation_equalisation import (GAMMA_FLOOR, LIFT_HEADROOM, equalise, floor_gamma,
+from codec.activation_equalisation import (GAMMA_FLOOR, LIFT_HEADROOM, equalise, floor_gamma, gamma_params,
                                           rescale_channels, undo_inflated_columns)
 from codec.export_model import build_model_arrays, equalise_for_int8
 from codec.inference_analysis import foldable
@@ -110,7 +110,7 @@ def test_a_gdn_channel_with_gamma_near_zero_gets_its_weight_column_back_in_range
     # narrower would get no levels; the gain cap must not stop the rescale that undoes both
     net = diagonal_model(seed=1).eval()
     with torch.no_grad():
-        net.analysis.image.gdns[1].gamma_param.view(8, 8).diagonal()[3] = 1e-4 ** 0.5   # γ = gamma_param²
+        gamma_params(net.analysis.image.gdns[1])[3] = 1e-4 ** 0.5   # γ = gamma_param²
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     unequalised = int8_error(net, photos, tmp_path / "a")
@@ -141,7 +141,7 @@ def test_an_inflated_column_comes_down_to_the_median_unless_its_activation_would
 def test_gamma_floor_lifts_only_the_near_zero_channels_and_keeps_the_function():
     net = diagonal_model(seed=1).eval()
     with torch.no_grad():
-        net.analysis.image.gdns[1].gamma_param.view(8, 8).diagonal()[3] = 1e-9 ** 0.5   # γ = gamma_param²
+        gamma_params(net.analysis.image.gdns[1])[3] = 1e-9 ** 0.5   # γ = gamma_param²
     before = copy.deepcopy(net)
     assert floor_gamma(net.analysis.image) == 1
     gammas = [g.gamma_diagonal() for g in net.analysis.image.gdns]
@@ -159,7 +159,7 @@ def test_a_gamma_at_exactly_zero_is_floored_so_the_export_folds_and_equalises():
     need_data(DATA / "train")
     net = diagonal_model(seed=1).eval()
     with torch.no_grad():   # a γ trained to 0 (or flushed by float16): the fold would divide by 0
-        net.analysis.image.gdns[1].gamma_param.view(8, 8).diagonal()[5] = 0.0
+        gamma_params(net.analysis.image.gdns[1])[5] = 0.0
     assert not foldable(net.analysis.image)
     result = equalise_for_int8(net)
     assert result is not None and result["gammas_lifted"] == 1
@@ -186,7 +186,7 @@ def test_export_records_the_gamma_params_it_floored():
     need_data(DATA / "train")
     net = unbalanced_model()
     with torch.no_grad():
-        net.analysis.image.gdns[1].gamma_param.view(8, 8).diagonal()[3] = 1e-6   # trained to ~0
+        gamma_params(net.analysis.image.gdns[1])[3] = 1e-6   # trained to ~0
     record = equalise_for_int8(net)
     assert record["gamma_params_before_floor"] == [[1, 3, pytest.approx(1e-6)]]
     assert len(record["scales"]) == 3

@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from codec.activation_equalisation import gamma_params
 from codec.errors import CodecError
 from codec.model import ModelConfig, NestedLatentCodec
 from codec.train import TrainConfig, cpu_has_bf16, precision_for_this_cpu, train
@@ -94,9 +95,9 @@ def test_a_start_from_an_equalised_model_file_returns_to_the_weights_training_ha
     from tests.codec.test_quantisation_aware import TINY as DIAGONAL, diagonal_model
     trained = diagonal_model()
     with torch.no_grad():
-        trained.analysis.image.gdns[1].gamma_param.view(8, 8).diagonal()[3] = 1e-3   # trained to ~0
+        gamma_params(trained.analysis.image.gdns[1])[3] = 1e-3   # trained to ~0
         net = copy.deepcopy(trained)
-        net.analysis.image.gdns[1].gamma_param.view(8, 8).diagonal()[3] = 0.1        # the export's floor
+        gamma_params(net.analysis.image.gdns[1])[3] = 0.1        # the export's floor
         scales = [torch.linspace(0.1, 10.0, 8), torch.linspace(4.0, 0.25, 8), torch.full((8,), 2.0)]
         for gdn, film, e in zip(net.analysis.image.gdns, net.analysis.image.films, scales):
             rescale_channels(gdn, film, e)

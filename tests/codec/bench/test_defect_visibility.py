@@ -73,7 +73,6 @@ def test_cli_and_its_errors(tmp_path, capsys):
     assert "crack 1 px, 5 levels" in out and "WebP" in out
 
 
-
 def test_against_codes_with_another_model_and_compares_it_with_ours(tmp_path):
     """The bundled weights under a second name: every defect crosses at the same bpp, so each ratio is 1."""
     from codec.weights import DEFAULT_MODEL

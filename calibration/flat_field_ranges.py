@@ -63,11 +63,12 @@ def shrink_edge_channels(graph_path, conv_names, reader, percentile: float) -> d
     k_c, so the function is unchanged. Only those channels get coarser levels; widening the whole tensor
     instead coarsened smooth sky everywhere. Returns tensor -> {channel: k_c} for the channels rescaled."""
     m = onnx.load(str(graph_path))
-    convs = [n for n in m.graph.node if n.op_type == "Conv" and n.name in conv_names]
+    init = {i.name: i for i in m.graph.initializer}
+    # a Conv whose weights are computed (a full GDN's, in graphs without the Softsign rewrite) cannot absorb k_c
+    convs = [n for n in m.graph.node if n.op_type == "Conv" and n.name in conv_names and n.input[1] in init]
     tensors = [c.input[0] for c in convs]
     ranges = calibrated_ranges(graph_path, tensors, reader, percentile)
     peaks = flat_field_peaks(graph_path, tensors)
-    init = {i.name: i for i in m.graph.initializer}
     shrunk = {}
     for conv, tensor in zip(convs, tensors):
         k = np.maximum(peaks[tensor] / ranges[tensor], 1.0).astype(np.float32)

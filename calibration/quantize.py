@@ -79,7 +79,8 @@ PERCENTILE = 99.99
 
 
 def quantize_encoder(fp32_path, out_path, calibration_set: CalibrationSet | None = None,
-                     method: str | None = None, target: str = "tensorrt", equalise: bool = True) -> dict:
+                     method: str | None = None, target: str = "tensorrt", equalise: bool = True,
+                     fit_edges: bool = True) -> dict:
     """encoder.onnx -> an INT8 graph; returns the property check of the result.
 
     target "tensorrt": the Q/DQ graph described above (also runs under ONNX Runtime, without speed-up).
@@ -87,7 +88,8 @@ def quantize_encoder(fp32_path, out_path, calibration_set: CalibrationSet | None
     per-channel weights), which its CPU kernels run about twice as fast as FP32; TensorRT cannot parse
     it. The last Conv (producing y1) stays in float, so y1 is never squeezed through 8 bits, and so does
     the first (float_convs). equalise: give each QLinearConv output channel its own range
-    (channel_equalisation.py).
+    (channel_equalisation.py). fit_edges: rescale the channels flat fields at the frame edge overdrive
+    (flat_field_ranges.py); off only to compare with codec/quantisation_aware.py, which does not model it.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -112,20 +114,21 @@ def quantize_encoder(fp32_path, out_path, calibration_set: CalibrationSet | None
         # temporary `-inferred.onnx` file beside its input (two quantisations of one graph no longer collide)
         src = Path(tmp) / "encoder.onnx"
         if target == "tensorrt":
-            qdq_graph(fp32_path, src, out_path, reader, common, percentile)
+            qdq_graph(fp32_path, src, out_path, reader, common, percentile, fit_edges)
         else:
-            cpu_variant(fp32_path, src, out_path, reader, equalise, common, percentile)
+            cpu_variant(fp32_path, src, out_path, reader, equalise, common, percentile, fit_edges)
     _copy_metadata(fp32_path, out_path)
     return check_qdq(out_path) if target == "tensorrt" else check_cpu_graph(out_path)
 
 
-def qdq_graph(fp32_path, src, out_path, reader, common: dict, percentile: dict):
+def qdq_graph(fp32_path, src, out_path, reader, common: dict, percentile: dict, fit_edges: bool):
     """The Q/DQ graph for TensorRT, every Conv but the first quantised."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     shutil.copyfile(fp32_path, src)
     first = first_conv(onnx.load(str(fp32_path))).name   # left in float: FP16 in TensorRT
-    fit_frame_edges(src, reader, [first], percentile)
+    if fit_edges:
+        fit_frame_edges(src, reader, [first], percentile)
     quantize_static(str(src), str(out_path), reader, quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, nodes_to_exclude=[first], **common,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
@@ -133,7 +136,8 @@ def qdq_graph(fp32_path, src, out_path, reader, common: dict, percentile: dict):
                                    "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS, **percentile})
 
 
-def cpu_variant(fp32_path, src, out_path, reader, equalise: bool, common: dict, percentile: dict):
+def cpu_variant(fp32_path, src, out_path, reader, equalise: bool, common: dict, percentile: dict,
+                fit_edges: bool):
     """The QLinearConv graph, quantised from src (a scratch path)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -144,7 +148,8 @@ def cpu_variant(fp32_path, src, out_path, reader, equalise: bool, common: dict, 
         divide_outputs(fp32_path, src, channel_ranges(fp32_path, reader, convs))
     else:
         shutil.copyfile(fp32_path, src)
-    fit_frame_edges(src, reader, excluded, percentile)
+    if fit_edges:
+        fit_frame_edges(src, reader, excluded, percentile)
     quantize_static(str(src), str(out_path), reader, quant_format=QuantFormat.QOperator,
                     activation_type=QuantType.QUInt8, nodes_to_exclude=excluded, **common,
                     extra_options=percentile)

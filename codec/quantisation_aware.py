@@ -129,7 +129,9 @@ def percentile(values: torch.Tensor, q: float) -> float:
 
 
 class Calibration:
-    """What `calibration/quantize.py` calibrates the Q/DQ graph on: its photo set, λ values and percentile."""
+    """What `calibration/quantize.py` calibrates the Q/DQ graph on: its photo set, λ values and percentile.
+    Not modelled: its rescaling of the channels flat fields at the frame edge overdrive (since session 27,
+    calibration/flat_field_ranges.py), which narrows the ranges of the tensors it touches."""
 
     def __init__(self, calibration_set):
         from calibration.quantize import PERCENTILE   # calibration builds on codec: imported late

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .onnx_graph import consumers, producers
+from .onnx_graph import consumers, producers, with_outputs
 
 MUL_PREFIX = "equalise_"   # the Mul nodes this module inserts and later folds away
 # Most a channel's range is widened beyond the one fitted on the calibration photos (with_headroom). Model
@@ -38,10 +38,8 @@ def channel_ranges(fp32_path, reader, conv_names, values_per_photo: int = 4096, 
 
     m = onnx.load(str(fp32_path))
     outputs = {n.name: n.output[0] for n in m.graph.node if n.name in conv_names}
-    known = {o.name for o in m.graph.output}
-    m.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-                          for t in outputs.values() if t not in known)
-    session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(with_outputs(m, outputs.values()).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
     names, rng = list(outputs), np.random.default_rng(seed)
     sampled = {n: [] for n in names}
     reader.rewind()

@@ -6,9 +6,9 @@ frame edge, some channels respond far more strongly than anywhere inside a photo
 are well under 1 % of a tensor, so the 99.99th-percentile ranges calibrated on photos clip them, and the
 clipped responses come back as a band of error along the edge. Measured in session 27 on model c126c68a
 (step 133,900), λ 8192, top-left 240x400 of three blade frames: 98 % of the extra error the Q/DQ graph added
-sat in the 32 px border band (most in the right edge's 16 px columns: extra MSE 20 there, about 0.1 elsewhere), and one channel of
-the second quantised input reached 2.1x its tensor's calibrated range there, as much as a flat
-sky-coloured field drives it.
+sat in the 32 px border band (most in the right edge's 16 px columns: extra MSE 20 there, about 0.1
+elsewhere), and one channel of the second quantised input reached 2.1x its tensor's calibrated range
+there, as much as a flat sky-coloured field drives it.
 
 Flat fields are the designed worst case of that: neutral greys from black to white and three daylight-sky
 tints, at every calibration λ; their peak is kept whole, not a percentile of it. Each Conv input channel
@@ -27,6 +27,7 @@ from onnx import helper, numpy_helper
 from codec.errors import CodecError
 
 from .calibration_set import CALIBRATION_LAMBDAS
+from .onnx_graph import with_outputs
 
 SIZE = 128   # px; every position of a 128 px field at stride 16 is within reach of an edge, corners included
 GREYS = (0, 64, 128, 192, 255)
@@ -44,7 +45,7 @@ def flat_field_peaks(float_graph, tensors) -> dict:
     """Tensor name -> (C,) each channel's peak |value| over every flat field at every calibration λ."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(with_outputs(float_graph, tensors).SerializeToString(),
+    session = ort.InferenceSession(with_outputs(onnx.load(str(float_graph)), tensors).SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     peaks = {t: 0.0 for t in tensors}
     for x in flat_fields():
@@ -91,7 +92,7 @@ def calibrated_ranges(graph_path, tensors, reader, percentile: float) -> dict:
     symmetric percentile calibration sets)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(with_outputs(graph_path, tensors).SerializeToString(),
+    session = ort.InferenceSession(with_outputs(onnx.load(str(graph_path)), tensors).SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     values = {t: [] for t in tensors}
     reader.rewind()
@@ -100,12 +101,3 @@ def calibrated_ranges(graph_path, tensors, reader, percentile: float) -> dict:
             values[t].append(np.abs(v).ravel())
     reader.rewind()
     return {t: float(np.percentile(np.concatenate(v), percentile)) for t, v in values.items()}
-
-
-def with_outputs(graph_path, tensors) -> onnx.ModelProto:
-    """The graph with `tensors` added to its outputs, to read them in a session."""
-    m = onnx.load(str(graph_path))
-    known = {o.name for o in m.graph.output}
-    m.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-                          for t in tensors if t not in known)
-    return m

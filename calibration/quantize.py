@@ -164,7 +164,8 @@ def fit_frame_edges(src, reader, excluded: list, percentile: dict):
     convs = [n.name for n in onnx.load(str(src)).graph.node if n.op_type == "Conv" and n.name not in excluded]
     shrunk = shrink_edge_channels(src, convs, reader, percentile.get("CalibPercentile", 100.0))
     for tensor, k in shrunk.items():
-        log.info("%s: %d channels shrunk for flat fields at the frame edge (up to %.2fx)", tensor, len(k), max(k.values()))
+        log.info("%s: %d channels shrunk for flat fields at the frame edge (up to %.2fx)", tensor, len(k),
+                 max(k.values()))
 
 
 def float_convs(path) -> list:

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .onnx_graph import consumers, producers, with_outputs
+from .onnx_graph import consumers, output_session, producers
 
 MUL_PREFIX = "equalise_"   # the Mul nodes this module inserts and later folds away
 # Most a channel's range is widened beyond the one fitted on the calibration photos (with_headroom). Model
@@ -34,12 +34,9 @@ HEADROOM = 3.0
 def channel_ranges(fp32_path, reader, conv_names, values_per_photo: int = 4096, seed: int = 0) -> dict:
     """Conv name -> r (C,) float32: per output channel, the clipping range whose 256 levels lose least after
     the Softsign that follows (mean squared error over values sampled from every calibration photo)."""
-    import onnxruntime as ort
-
     m = onnx.load(str(fp32_path))
     outputs = {n.name: n.output[0] for n in m.graph.node if n.name in conv_names}
-    session = ort.InferenceSession(with_outputs(m, outputs.values()).SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
+    session = output_session(m, outputs.values())
     names, rng = list(outputs), np.random.default_rng(seed)
     sampled = {n: [] for n in names}
     reader.rewind()

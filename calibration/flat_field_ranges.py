@@ -27,7 +27,7 @@ from onnx import helper, numpy_helper
 from codec.errors import CodecError
 
 from .calibration_set import CALIBRATION_LAMBDAS
-from .onnx_graph import with_outputs
+from .onnx_graph import output_session
 
 SIZE = 128   # px; every position of a 128 px field at stride 16 is within reach of an edge, corners included
 GREYS = (0, 64, 128, 192, 255)
@@ -41,12 +41,9 @@ def flat_fields():
         yield np.broadcast_to(np.array(rgb, np.float32)[None, :, None, None] / 255.0, (1, 3, SIZE, SIZE)).copy()
 
 
-def flat_field_peaks(float_graph, tensors) -> dict:
-    """Tensor name -> (C,) each channel's peak |value| over every flat field at every calibration λ."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(with_outputs(onnx.load(str(float_graph)), tensors).SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
+def flat_field_peaks(session, tensors) -> dict:
+    """Tensor name -> (C,) each channel's peak |value| over every flat field at every calibration λ;
+    session: onnx_graph.output_session of the float graph and these tensors."""
     peaks = {t: 0.0 for t in tensors}
     for x in flat_fields():
         for lam in CALIBRATION_LAMBDAS:
@@ -66,8 +63,9 @@ def shrink_edge_channels(graph_path, conv_names, reader, percentile: float) -> d
     # a Conv whose weights are computed (a full GDN's, in graphs without the Softsign rewrite) cannot absorb k_c
     convs = [n for n in m.graph.node if n.op_type == "Conv" and n.name in conv_names and n.input[1] in init]
     tensors = [c.input[0] for c in convs]
-    ranges = calibrated_ranges(graph_path, tensors, reader, percentile)
-    peaks = flat_field_peaks(graph_path, tensors)
+    session = output_session(onnx.load(str(graph_path)), tensors)   # a copy: m itself is rewritten below
+    ranges = calibrated_ranges(session, tensors, reader, percentile)
+    peaks = flat_field_peaks(session, tensors)
     shrunk = {}
     for conv, tensor in zip(convs, tensors):
         k = np.maximum(peaks[tensor] / ranges[tensor], 1.0).astype(np.float32)
@@ -87,13 +85,9 @@ def shrink_edge_channels(graph_path, conv_names, reader, percentile: float) -> d
     return shrunk
 
 
-def calibrated_ranges(graph_path, tensors, reader, percentile: float) -> dict:
+def calibrated_ranges(session, tensors, reader, percentile: float) -> dict:
     """Tensor name -> the `percentile` of |value| over the calibration photos (what quantize_static's
-    symmetric percentile calibration sets)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(with_outputs(onnx.load(str(graph_path)), tensors).SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
+    symmetric percentile calibration sets); session as for flat_field_peaks."""
     values = {t: [] for t in tensors}
     reader.rewind()
     while (feed := reader.get_next()) is not None:

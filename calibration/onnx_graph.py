@@ -1,5 +1,5 @@
 """Who writes and who reads each tensor of an ONNX graph: the links the graph rewrites here walk; and
-inner tensors made readable as graph outputs."""
+a session that returns inner tensors."""
 from __future__ import annotations
 
 import onnx
@@ -20,9 +20,12 @@ def consumers(m: onnx.ModelProto) -> dict:
     return readers
 
 
-def with_outputs(m: onnx.ModelProto, tensors) -> onnx.ModelProto:
-    """m with `tensors` added to its outputs (in place), so that a session returns them."""
+def output_session(m: onnx.ModelProto, tensors):
+    """A CPU ONNX Runtime session of m with `tensors` added to its outputs (m is changed in place), so that
+    session.run can fetch them."""
+    import onnxruntime as ort
+
     known = {o.name for o in m.graph.output}
     m.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
                           for t in tensors if t not in known)
-    return m
+    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -8,6 +8,7 @@ import onnxruntime as ort
 
 from calibration.calibration_set import CalibrationSet, centre_crop, make_reader
 from calibration.flat_field_ranges import PREFIX, calibrated_ranges, flat_field_peaks, flat_fields, shrink_edge_channels
+from calibration.onnx_graph import output_session
 from codec.imageio import Photo, write_photo
 from codec.onnx_export import export_stamped
 from tests.conftest import synthetic_image
@@ -40,7 +41,8 @@ def test_shrunk_channels_hold_flat_fields_and_keep_the_function(default_model, t
     reader = make_reader(CalibrationSet(photos, count=4, crop=(96, 128)))
     inputs = _conv_inputs(image)
     convs = list(inputs)[1:]   # the first Conv, over the pixels, stays in float
-    before = calibrated_ranges(image, [inputs[c] for c in convs], reader, 99.99)
+    tensors = [inputs[c] for c in convs]
+    before = calibrated_ranges(output_session(onnx.load(str(image)), tensors), tensors, reader, 99.99)
     shrunk_graph = tmp_path / "shrunk.onnx"
     shutil.copyfile(image, shrunk_graph)
     shrunk = shrink_edge_channels(shrunk_graph, convs, reader, 99.99)
@@ -48,7 +50,8 @@ def test_shrunk_channels_hold_flat_fields_and_keep_the_function(default_model, t
     assert shrunk, "no channel of the bundled model passes its range on flat fields"
     after = _conv_inputs(shrunk_graph)
     assert {after[c] for c in convs if inputs[c] in shrunk} == {PREFIX + c for c in convs if inputs[c] in shrunk}
-    peaks = flat_field_peaks(shrunk_graph, [after[c] for c in convs])
+    shrunk_tensors = [after[c] for c in convs]
+    peaks = flat_field_peaks(output_session(onnx.load(str(shrunk_graph)), shrunk_tensors), shrunk_tensors)
     for c in convs:
         assert peaks[after[c]].max() <= before[inputs[c]] * 1.0001, c
     x = centre_crop(synthetic_image(96, 128, seed=9), (96, 128))

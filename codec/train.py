@@ -65,6 +65,9 @@ class TrainConfig:
     init_from: str = ""            # a model .npz to start from when the run has no checkpoint
     branch_from: str = ""          # a run directory whose checkpoint this run starts as a copy of, when it has
                                    # none (a decay branching off the main line); before init_from
+    init_keep: list = field(default_factory=list)   # parameter-name prefixes taken from init_from; the rest
+                                   # start from random weights and the run counts from step 0 (a new lineage
+                                   # that reuses a trained model's outer layers; empty: take every weight)
     widen_analysis_gain: float = 0.0   # when init_from has a narrower z1: the new channels' start
     widen_prior_index: float = 0.0     # (z1_widening.widen_z1; both 0: switched off)
     model: dict = field(default_factory=dict)
@@ -408,6 +411,9 @@ def _load_state(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
         restore_random_states(state, sampler)
         log.info("resumed from %s at step %d", ckpt, state["step"])
         return state["step"], state["best"], state.get("ema")
+    if cfg.init_from and cfg.init_keep:
+        _load_kept_layers(cfg, model)
+        return 0, float("inf"), None
     if cfg.init_from:
         arrays, meta = weights.load_arrays(resolve(cfg.init_from))
         load_weights(model, widened(weights.float_state_dict(arrays), meta, model.cfg, cfg))
@@ -417,6 +423,25 @@ def _load_state(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
             log.info("its INT8 equalisation undone: the analysis is back at the scales training had")
         return step, float("inf"), None
     return 0, float("inf"), None
+
+
+def _load_kept_layers(cfg: TrainConfig, model):
+    """The parameters named by cfg.init_keep, from cfg.init_from (its INT8 equalisation undone first, in a
+    model of the file's own shape); every other parameter keeps its random start."""
+    arrays, meta = weights.load_arrays(resolve(cfg.init_from))
+    source = NestedLatentCodec(ModelConfig.from_dict(meta["config"]))
+    load_weights(source, weights.float_state_dict(arrays))
+    undo_equalisation(source.analysis.image, meta.get("int8_equalisation"))
+    ours = model.state_dict()
+    kept = {k: v for k, v in source.state_dict().items() if any(k.startswith(p) for p in cfg.init_keep)}
+    misfits = [k for k, v in kept.items() if k not in ours or ours[k].shape != v.shape]
+    if misfits or not kept:
+        raise CodecError(f"init_keep {cfg.init_keep}: "
+                         + (f"{cfg.init_from}'s {misfits[0]} does not fit the configured model" if misfits
+                            else f"no parameter of {cfg.init_from} matches"))
+    model.load_state_dict(kept, strict=False)
+    log.info("started %d of %d tensors from model file %s (%s); the rest random, step 0", len(kept), len(ours),
+             cfg.init_from, ", ".join(cfg.init_keep))
 
 
 def widened(state: dict, meta: dict, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:

@@ -87,12 +87,11 @@ def test_restarts_from_a_model_file_when_checkpoints_are_gone(tmp_path, folders)
     assert torch.load(tmp_path / "run2" / "last.pt", weights_only=False)["step"] == 8
 
 
-def test_a_start_from_an_equalised_model_file_returns_to_the_weights_training_had(tmp_path):
-    """Session 25: restarted from the INT8-equalised file, the main line lost 6.9 % more in 1,000 steps."""
+def equalised_model_files(tmp_path):
+    """A trained model; its export, equalised for INT8, as a file without the record (old.npz) and with it."""
     from codec import weights
     from codec.activation_equalisation import rescale_channels
-    from codec.train import _load_state
-    from tests.codec.test_quantisation_aware import TINY as DIAGONAL, diagonal_model
+    from tests.codec.test_quantisation_aware import diagonal_model
     trained = diagonal_model()
     with torch.no_grad():
         gamma_params(trained.analysis.image.gdns[1])[3] = 1e-3   # trained to ~0
@@ -105,6 +104,14 @@ def test_a_start_from_an_equalised_model_file_returns_to_the_weights_training_ha
     for name, meta in (("old.npz", {}), ("new.npz", {"int8_equalisation": record})):
         weights.save_arrays(tmp_path / name, weights.float_arrays(net.state_dict()),
                             {"config": net.cfg.to_dict(), "train": {"step": 5}, **meta})
+    return trained
+
+
+def test_a_start_from_an_equalised_model_file_returns_to_the_weights_training_had(tmp_path):
+    """Session 25: restarted from the INT8-equalised file, the main line lost 6.9 % more in 1,000 steps."""
+    from codec.train import _load_state
+    from tests.codec.test_quantisation_aware import TINY as DIAGONAL
+    trained = equalised_model_files(tmp_path)
     started = {}
     for name in ("old.npz", "new.npz"):
         model = NestedLatentCodec(ModelConfig(**DIAGONAL))
@@ -115,6 +122,39 @@ def test_a_start_from_an_equalised_model_file_returns_to_the_weights_training_ha
         assert torch.allclose(started["new.npz"][key], value, rtol=2e-3, atol=2e-3), key   # float16 file
     gamma = started["old.npz"]["gdns.1.gamma_param"]
     assert not torch.allclose(gamma, trained.analysis.image.gdns[1].gamma_param, rtol=2e-3, atol=2e-3)
+
+
+def test_init_keep_takes_the_named_layers_and_starts_the_rest_random_at_step_0(tmp_path):
+    """Lineage C: the outer layers of a narrow, INT8-equalised model file (equalisation undone, as training
+    had them); everything touching a wider z1 from scratch."""
+    from codec.train import _load_state
+    from tests.codec.test_quantisation_aware import TINY as DIAGONAL
+    trained = equalised_model_files(tmp_path).state_dict()
+    wide_cfg = {**DIAGONAL, "z1_channels": 12}
+    keep = ["analysis.image.convs.1.", "analysis.image.gdns.", "synthesis.convs.1."]
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), init_from=str(tmp_path / "new.npz"), init_keep=keep,
+                      model=wide_cfg)
+    model = NestedLatentCodec(ModelConfig(**wide_cfg))
+    fresh = copy.deepcopy(model.state_dict())
+    assert _load_state(cfg, tmp_path / "run", model, None, None)[0] == 0
+    for name, value in model.state_dict().items():
+        if any(name.startswith(p) for p in keep):
+            assert torch.allclose(value, trained[name], rtol=2e-3, atol=2e-3), name   # float16 file
+        else:
+            assert torch.equal(value, fresh[name]), name
+    assert model.state_dict()["analysis.image.convs.3.weight"].shape[0] == 12
+
+
+def test_init_keep_that_matches_nothing_or_another_shape_is_one_line(tmp_path):
+    from codec.train import _load_state, export_float_model
+    export_float_model(NestedLatentCodec(ModelConfig(**TINY)), tmp_path / "narrow.npz", {"step": 5})
+    wide_cfg = {**TINY, "z1_channels": 12}
+    for keep, message in ((["analysis.imagee."], "no parameter of"),
+                          (["analysis.image.convs.3."], "analysis.image.convs.3.weight does not fit the configured model")):
+        cfg = TrainConfig(run_dir=str(tmp_path / "run"), init_from=str(tmp_path / "narrow.npz"), init_keep=keep,
+                          model=wide_cfg)
+        with pytest.raises(CodecError, match=message):
+            _load_state(cfg, tmp_path / "run", NestedLatentCodec(ModelConfig(**wide_cfg)), None, None)
 
 
 def test_a_branch_starts_as_a_copy_of_another_runs_checkpoint_and_leaves_it_alone(tmp_path, folders):
@@ -233,15 +273,19 @@ def test_shipped_configs_are_valid():
         assert cfg.steps > 0 and cfg.sources
 
 
-def test_the_default_run_starts_from_the_bundled_weights_on_a_new_machine():
-    """No checkpoint in run_dir: the default config's init_from is the bundled model, whose every weight fits
-    the configured model (none missing, none left over)."""
+@pytest.mark.parametrize("config_name, weights_file", [
+    ("default.yaml", "default_model/model.npz"),
+    ("lineage_z1_192_warm.yaml", "configs/lineage_z1_192_warm.npz"),   # lineage C, committed each session
+])
+def test_a_run_starts_from_its_committed_weights_on_a_new_machine(config_name, weights_file):
+    """No checkpoint in run_dir: the config's init_from is a model file in the repository, whose every weight
+    fits the configured model (none missing, none left over)."""
     from codec import weights
     from codec.train import build_model, load_weights, resolve
 
-    cfg = TrainConfig.from_yaml(PROJECT_ROOT / "codec" / "configs" / "default.yaml")
+    cfg = TrainConfig.from_yaml(PROJECT_ROOT / "codec" / "configs" / config_name)
     path = resolve(cfg.init_from)
-    assert path == PROJECT_ROOT / "codec" / "default_model" / "model.npz" and path.exists()
+    assert path == PROJECT_ROOT / "codec" / weights_file and path.exists() and not cfg.init_keep
     arrays, meta = weights.load_arrays(path)
     assert load_weights(build_model(cfg), weights.float_state_dict(arrays)) == []
     assert meta["train"]["step"] > 0

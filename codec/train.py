@@ -411,11 +411,11 @@ def _load_state(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
         restore_random_states(state, sampler)
         log.info("resumed from %s at step %d", ckpt, state["step"])
         return state["step"], state["best"], state.get("ema")
-    if cfg.init_from and cfg.init_keep:
-        _load_kept_layers(cfg, model)
-        return 0, float("inf"), None
     if cfg.init_from:
         arrays, meta = weights.load_arrays(resolve(cfg.init_from))
+        if cfg.init_keep:
+            _load_kept_layers(cfg, model, arrays, meta)
+            return 0, float("inf"), None
         load_weights(model, widened(weights.float_state_dict(arrays), meta, model.cfg, cfg))
         step = int(meta.get("train", {}).get("step", 0))
         log.info("started from model file %s (trained %d steps)", cfg.init_from, step)
@@ -425,10 +425,9 @@ def _load_state(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
     return 0, float("inf"), None
 
 
-def _load_kept_layers(cfg: TrainConfig, model):
-    """The parameters named by cfg.init_keep, from cfg.init_from (its INT8 equalisation undone first, in a
-    model of the file's own shape); every other parameter keeps its random start."""
-    arrays, meta = weights.load_arrays(resolve(cfg.init_from))
+def _load_kept_layers(cfg: TrainConfig, model, arrays: dict, meta: dict):
+    """The parameters named by cfg.init_keep, from cfg.init_from's arrays (its INT8 equalisation undone first,
+    in a model of the file's own shape); every other parameter keeps its random start."""
     source = NestedLatentCodec(ModelConfig.from_dict(meta["config"]))
     load_weights(source, weights.float_state_dict(arrays))
     undo_equalisation(source.analysis.image, meta.get("int8_equalisation"))

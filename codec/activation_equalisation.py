@@ -49,6 +49,23 @@ Measured on the main line at step 120,000 (session 17; 54 γ floored, the third 
   0.40, 0.53 dB; LIFT_HEADROOM 8 instead of 4: -0.16 dB, sky crops 0.26, 0.49, 0.52 dB;
 - MAX_GAIN 16 (since session 17): Q/DQ -0.09 dB / +2.3 % (spreads 4.0x, 5.6x, 8.3x), sky crops 0.07, 0.12, 0.19 dB.
 
+Before any of this, floor_gamma_recorded lifts each γ so that γ|x|/β reaches GAMMA_REACH on the widest sample
+pixel. Below that the channel is linear on every sample pixel, so the lift changes its output by at most that
+fraction there. Until session 30 the floor was 1e-3 of the GDN's median γ. Lineage C (z1 192 wide, session 29)
+trained most of its third GDN's γ to where that GDN is linear (median γ 6e-12), so that floor lifted nothing
+that mattered. Its γ = 0 channels came up to 6e-15 and their columns to 1,800x the median one; lifting them
+scaled β and the FiLM gain by as much, which overflowed float16 (2.5e5), and the export failed.
+A floored channel is linear, so the scale of its fold output is not the photos' doing: it is the floor's γ
+times a FiLM gain that trades freely with β (lineage C: β 857, gain 793, output 8, the widest of its tensor;
+the narrowest 2e-4). So its e_c may go to 1/FLOORED_MAX_GAIN..FLOORED_MAX_GAIN. Measured in session 30 (`calibration
+rd`, 10 blade frames, Q/DQ graph, BD-PSNR / BD-rate against FP32; sky: λ 8192 on the top-left 240x400 of the
+three smoothest drone frames, dB lost):
+- lineage C at step 15,000, floor at GAMMA_REACH, cap 16 for every channel: -2.27 dB / +70 % (spreads 7.9x,
+  4.2x, 183x), sky 5.0 dB; with FLOORED_MAX_GAIN: -0.12 dB / +3.1 % (4.0x, 4.2x, 7.7x), sky 0.09 dB;
+- main line at step 150,000 (107 γ floored): cap 16 -1.66 dB / +32 %, sky 2.5 dB; FLOORED_MAX_GAIN -0.06 dB /
+  +1.9 % (3.5x, 3.3x, 3.9x), sky 0.08 dB. The rule before session 30 (20 γ floored) could not export these
+  weights either: FiLM weight 9.3e4, past float16.
+
 `export_model.py` applies it to every exported model, so the float weights of a model file are already in
 this form; the float codec is the same function (its weights are stored as float16 either way).
 """
@@ -61,7 +78,13 @@ from .inference_analysis import foldable
 from .quantisation_aware import QuantisationAwareImageAnalysis, percentile
 
 MAX_GAIN = 16.0  # e_c within [1/16, 16]: a channel quiet on every sample photo is not blown up on trust
-GAMMA_FLOOR = 1e-3   # of the GDN's median γ: the smallest γ the fold divides by
+GAMMA_REACH = 1e-2   # the smallest γ the fold divides by makes γ|x|/β reach this on the widest sample pixel
+# e_c of a floored channel within [1/FLOORED_MAX_GAIN, FLOORED_MAX_GAIN]: that channel is linear, so its fold output
+# (γ|x|/β · FiLM gain) has the scale the floor's γ and the FiLM gain give it (β and that gain trade freely there:
+# lineage C has β 857 with gain 793), not the photos'
+FLOORED_MAX_GAIN = MAX_GAIN / GAMMA_REACH
+SMALLEST_BETA = 1e-5   # no e_c takes β·e_c below this: rescale_channels stores β·e_c - 1e-6 (beta() adds the
+                       # 1e-6 back), and at 1/FLOORED_MAX_GAIN a β under 1.6e-3 would drop that below 0
 LIFT_HEADROOM = 4.0   # a channel lifted out of an inflated column stays this far under the widest other one
 
 
@@ -70,51 +93,81 @@ def gamma_params(gdn) -> torch.Tensor:
     return gdn.gamma_param.view(len(gdn.gamma_diagonal()), -1).diagonal()
 
 
-def floor_gamma(image, floor: float = GAMMA_FLOOR) -> int:
-    """Lift each GDN's γ below floor · its median γ to that: a GDN whose γ trained to ~0 is linear there
-    either way (x / (β + γ|x|) with γ|x| ≪ β), but the fold divides the next Conv's weights by γ, and
-    a column 1e6x the others cannot be equalised within float16 (export stores β·e_c and the FiLM gain·e_c
-    there). Returns how many channels were lifted."""
-    return len(floor_gamma_recorded(image, floor))
+def floor_gamma(image, sample_sets: list, reach: float = GAMMA_REACH) -> int:
+    """floor_gamma_recorded, returning how many channels it lifted."""
+    return len(floor_gamma_recorded(image, sample_sets, reach))
 
 
 @torch.no_grad()
-def floor_gamma_recorded(image, floor: float = GAMMA_FLOOR) -> list:
-    """floor_gamma, returning each lifted channel as [gdn, channel, its γ parameter before]: what
-    undo_equalisation puts back."""
+def floor_gamma_recorded(image, sample_sets: list, reach: float = GAMMA_REACH) -> list:
+    """Lift each GDN channel's γ to at least reach · β / x_max, x_max its widest |input| over the sample sets
+    (lists of (x, λ) pairs): below that the GDN is linear on every sample pixel (x / (β + γ|x|), γ|x| ≪ β)
+    and changes by at most the fraction reach there, but the fold divides the next Conv's weights by γ, and a
+    column 1e6x the others cannot be equalised within float16 (export stores β·e_c and the FiLM gain·e_c).
+    Returns each lifted channel as [gdn, channel, its γ parameter before]: what undo_equalisation puts back."""
     lifted = []
-    for k, gdn in enumerate(image.gdns):
-        gamma = gdn.gamma_diagonal()
-        level = float(floor * gamma.median())
-        low, params = gamma < level, gamma_params(gdn)
+    for k, (gdn, x_max) in enumerate(zip(image.gdns, gdn_input_ranges(image, sample_sets))):
+        x_max = torch.where(x_max > 0, x_max, x_max.median())   # a channel silent on every sample: a typical one
+        level = reach * gdn.beta() / x_max
+        low, params = gdn.gamma_diagonal() < level * (1 - 1e-5), gamma_params(gdn)   # (1 - 1e-5): not again
         lifted += [[k, int(c), float(params[c])] for c in torch.nonzero(low).flatten()]
-        params[low] = level ** 0.5
+        params[low] = level[low].sqrt()
     return lifted
 
 
+def gdn_input_ranges(image, sample_sets: list) -> list:
+    """Per GDN of image, each channel's largest |input| over the sample sets."""
+    widest = [torch.zeros(len(g.beta_param)) for g in image.gdns]
+
+    def tap(k):
+        def hook(_module, args):
+            widest[k] = torch.maximum(widest[k], args[0].detach().abs().amax(dim=(0, 2, 3)).float())
+        return hook
+
+    handles = [g.register_forward_pre_hook(tap(k)) for k, g in enumerate(image.gdns)]
+    try:
+        for x, lam in (pair for samples in sample_sets for pair in samples):
+            image(x, lam)
+    finally:
+        for h in handles:
+            h.remove()
+    return widest
+
+
 @torch.no_grad()
-def equalise(image, cfg, sample_sets: list, q: float) -> dict:
+def equalise(image, cfg, sample_sets: list, q: float, floored: list = ()) -> dict:
     """Rescale the channels of image (an ImageAnalysis with diagonal GDNs) in place. Each channel's range is
     the widest of its q-th percentiles over the sample sets (lists of (x, λ) pairs): a channel quiet on
-    the INT8 calibration photos but busy on other photos must not be scaled up into clipping. Returns each
-    quantised input's spread of channel ranges (widest / narrowest) before and after."""
+    the INT8 calibration photos but busy on other photos must not be scaled up into clipping. floored lists
+    the channels floor_gamma_recorded lifted ([gdn, channel, ...]): their gain caps are FLOORED_MAX_GAIN.
+    Returns each quantised input's spread of channel ranges (widest / narrowest) before and after."""
     if not foldable(image):
         raise CodecError("cross-layer equalisation needs diagonal GDNs with every γ > 0 (the INT8 graph's fold)")
     probe = QuantisationAwareImageAnalysis.from_analysis(image, cfg, quantise_weights=False,
                                                          quantise_activations=False).eval()
     ranges = [torch.stack(r).amax(dim=0) for r in zip(*(channel_ranges(probe, s, q) for s in sample_sets))]
     before, after, scales = [], [], []
-    for k, r in enumerate(ranges):
+    for k, (r, cap) in enumerate(zip(ranges, gain_caps(image, floored))):
         w = probe.folded(k + 1)[0].abs().amax(dim=(0, 2, 3))   # per input channel of the next Conv
         ratio = w / r.clamp_min(float(r.max()) * 1e-6)
-        e = (ratio / ratio.median()).sqrt().clamp(1 / MAX_GAIN, MAX_GAIN)
+        low = torch.maximum(1 / cap, SMALLEST_BETA / image.gdns[k].beta())
+        e = torch.minimum((ratio / ratio.median()).sqrt(), cap).maximum(low)
         e = undo_inflated_columns(w, r, e)
         rescale_channels(image.gdns[k], image.films[k], e)
         scales.append(e.tolist())
         before.append(float(r.max() / r.min().clamp_min(1e-12)))
         after.append(float((r * e).max() / (r * e).min().clamp_min(1e-12)))
-    return {"percentile": q, "max_gain": MAX_GAIN, "lift_headroom": LIFT_HEADROOM, "spread_before": before,
-            "spread_after": after, "scales": scales}
+    return {"percentile": q, "max_gain": MAX_GAIN, "floored_max_gain": FLOORED_MAX_GAIN,
+            "lift_headroom": LIFT_HEADROOM, "spread_before": before, "spread_after": after, "scales": scales}
+
+
+def gain_caps(image, floored: list) -> list:
+    """Per GDN, each channel's largest e (1 / it the smallest): MAX_GAIN, or FLOORED_MAX_GAIN where the γ floor
+    lifted it."""
+    caps = [torch.full((len(g.beta_param),), MAX_GAIN) for g in image.gdns]
+    for k, channel, *_ in floored:
+        caps[k][channel] = FLOORED_MAX_GAIN
+    return caps
 
 
 @torch.no_grad()

@@ -136,21 +136,22 @@ def equalise_for_int8(net) -> dict | None:
     set and on varied training photos: the same function, balanced channel ranges in the INT8 graph. None
     when its GDNs do not fold."""
     from calibration.calibration_set import CalibrationSet   # calibration builds on codec: imported late
-    from .activation_equalisation import GAMMA_FLOOR, equalise, floor_gamma_recorded
+    from .activation_equalisation import GAMMA_REACH, equalise, floor_gamma_recorded
     from .inference_analysis import diagonal_gdns, foldable
     from .quantisation_aware import Calibration
 
     image = net.analysis.image
     if not diagonal_gdns(image):
         return None
-    floored = floor_gamma_recorded(image)   # before the fold check: a γ at exactly 0 (step 75,900) too
-    if not foldable(image):
-        return None
     calibration = Calibration(CalibrationSet())
     varied = Calibration(CalibrationSet(PROJECT_ROOT / EQUALISATION_PHOTOS, count=32, crop=(256, 256)))
-    result = equalise(image, net.cfg, [calibration.samples, varied.samples], calibration.percentile)
+    sample_sets = [calibration.samples, varied.samples]
+    floored = floor_gamma_recorded(image, sample_sets)   # before the fold check: a γ at exactly 0 (step 75,900) too
+    if not foldable(image):
+        return None
+    result = equalise(image, net.cfg, sample_sets, calibration.percentile, floored)
     # the record lets training start again from the weights it had (activation_equalisation.undo_equalisation)
-    return {**result, "gamma_floor": GAMMA_FLOOR, "gammas_lifted": len(floored),
+    return {**result, "gamma_reach": GAMMA_REACH, "gammas_lifted": len(floored),
             "gamma_params_before_floor": floored}
 
 

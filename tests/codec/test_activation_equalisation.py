@@ -9,7 +9,8 @@ import torch
 from calibration.calibration_set import CalibrationSet
 from calibration.quantize import PERCENTILE, quantize_encoder
 from codec import weights
-from codec.activation_equalisation import (GAMMA_FLOOR, LIFT_HEADROOM, equalise, floor_gamma, gamma_params,
+from codec.activation_equalisation import (FLOORED_MAX_GAIN, GAMMA_REACH, LIFT_HEADROOM, SMALLEST_BETA, equalise,
+                                          floor_gamma, floor_gamma_recorded, gamma_params, gdn_input_ranges,
                                           rescale_channels, undo_inflated_columns)
 from codec.export_model import build_model_arrays, equalise_for_int8
 from codec.inference_analysis import foldable
@@ -138,20 +139,75 @@ def test_an_inflated_column_comes_down_to_the_median_unless_its_activation_would
     assert torch.equal(undo_inflated_columns(w[:7], torch.ones(7), e[:7]), e[:7])   # nothing inflated
 
 
-def test_gamma_floor_lifts_only_the_near_zero_channels_and_keeps_the_function():
+def reach(image, samples) -> list:
+    """Per GDN, each channel's largest γ|x|/β over samples: how far from linear the GDN gets there."""
+    return [g.gamma_diagonal() * x / g.beta() for g, x in zip(image.gdns, gdn_input_ranges(image, [samples]))]
+
+
+def test_gamma_floor_lifts_only_the_near_linear_channels_and_keeps_the_function(photos):
     net = diagonal_model(seed=1).eval()
+    samples = Calibration(photos).samples
     with torch.no_grad():
         gamma_params(net.analysis.image.gdns[1])[3] = 1e-9 ** 0.5   # γ = gamma_param²
     before = copy.deepcopy(net)
-    assert floor_gamma(net.analysis.image) == 1
+    assert all(float(r.min()) > GAMMA_REACH for r in reach(net.analysis.image, samples)[::2])
+    assert floor_gamma(net.analysis.image, [samples]) == 1
     gammas = [g.gamma_diagonal() for g in net.analysis.image.gdns]
     old = [g.gamma_diagonal() for g in before.analysis.image.gdns]
     assert torch.equal(gammas[0], old[0]) and torch.equal(gammas[2], old[2])
-    assert float(gammas[1][3]) == pytest.approx(GAMMA_FLOOR * float(old[1].median()), rel=1e-5)
-    x = torch.rand(1, 3, 64, 96)
-    lam = torch.tensor([1024.0])
-    assert torch.allclose(net.analysis.image(x, lam), before.analysis.image(x, lam), rtol=1e-3, atol=1e-4)
-    assert floor_gamma(net.analysis.image) == 0
+    assert float(reach(net.analysis.image, samples)[1][3]) == pytest.approx(GAMMA_REACH, rel=1e-4)
+    x, lam = samples[0]   # the channel's output moves by at most GAMMA_REACH of itself on the samples
+    y, y_before = net.analysis.image(x, lam), before.analysis.image(x, lam)
+    assert float((y - y_before).norm() / y_before.norm()) < GAMMA_REACH
+    assert floor_gamma(net.analysis.image, [samples]) == 0
+
+
+def test_a_gdn_channel_trained_linear_quantises_like_the_others(photos, tmp_path):
+    """Lineage C (session 29) trained most γ of its third GDN to ~0 (median 6e-12): a floor at 1e-3 of the
+    median γ lifted nothing there, the fold divided the next Conv's columns by γ, and the export overflowed
+    float16. Floored to reach GAMMA_REACH on the samples, such a channel keeps its function to about that
+    fraction; its fold output is then GAMMA_REACH of a saturating channel's, and only a gain cap grown by as
+    much (FLOORED_MAX_GAIN) brings it among the others: with MAX_GAIN, twice the INT8 error here."""
+    ordinary = unbalanced_model()
+    with torch.no_grad():   # as in a trained GDN, γ|x|/β reaches about 1 on the samples
+        gamma_params(ordinary.analysis.image.gdns[1]).mul_(8.0)
+    linear = copy.deepcopy(ordinary)
+    with torch.no_grad():
+        gamma_params(linear.analysis.image.gdns[1])[[0, 5]] = torch.tensor([0.0, 1e-7])
+    samples = Calibration(photos).samples
+    unfloored = copy.deepcopy(linear)
+    lifted = floor_gamma_recorded(linear.analysis.image, [samples])
+    assert [(k, c) for k, c, _ in lifted] == [(1, 0), (1, 5)]
+    assert float(reach(linear.analysis.image, samples)[1].min()) == pytest.approx(GAMMA_REACH, rel=1e-4)
+    x, lam = samples[0]
+    y, y_unfloored = linear.analysis.image(x, lam), unfloored.analysis.image(x, lam)
+    assert float((y - y_unfloored).norm() / y_unfloored.norm()) < GAMMA_REACH
+    errors = []
+    for name, net, floored in (("ordinary", ordinary, []), ("linear", linear, lifted)):
+        result = equalise(net.analysis.image, net.cfg, [samples], PERCENTILE, floored)
+        assert result["floored_max_gain"] == FLOORED_MAX_GAIN   # the model file records the rule
+        (tmp_path / name).mkdir()
+        errors.append(int8_error(net, photos, tmp_path / name))
+    assert errors[1] < 1.3 * errors[0], errors   # 0.029 and 0.030; 0.051 with the floored channels capped at 16
+
+
+def test_equalisation_keeps_every_beta_representable(photos):
+    """rescale_channels stores β·e - 1e-6: a channel with a tiny β scaled down by the gain cap would go below 0
+    there and come back as β = 1e-6, another function. SMALLEST_BETA stops e first."""
+    net = unbalanced_model()
+    gdn, film = net.analysis.image.gdns[1], net.analysis.image.films[1]
+    with torch.no_grad():   # β 2e-5 saturates the channel's softsign: its range is wide, its e far below 1
+        gdn.beta_param[0] = (2e-5 - 1e-6) ** 0.5
+        film.net[-1].weight[0].zero_()
+        film.net[-1].bias[0] = 30.0
+    before = copy.deepcopy(net)
+    samples = Calibration(photos).samples
+    result = equalise(net.analysis.image, net.cfg, [samples], PERCENTILE)
+    assert result["scales"][1][0] == pytest.approx(SMALLEST_BETA / 2e-5, rel=1e-4)   # 1/16 without the bound
+    assert float(gdn.beta()[0]) == pytest.approx(SMALLEST_BETA, rel=1e-4)
+    x, lam = samples[0]
+    y, y_before = net.analysis.image(x, lam), before.analysis.image(x, lam)
+    assert float((y - y_before).norm() / y_before.norm()) < 1e-4
 
 
 def test_a_gamma_at_exactly_zero_is_floored_so_the_export_folds_and_equalises():

@@ -57,9 +57,10 @@ that mattered. Its γ = 0 channels came up to 6e-15 and their columns to 1,800x 
 scaled β and the FiLM gain by as much, which overflowed float16 (2.5e5), and the export failed.
 A floored channel is linear, so the scale of its fold output is not the photos' doing: it is the floor's γ
 times a FiLM gain that trades freely with β (lineage C: β 857, gain 793, output 8, the widest of its tensor;
-the narrowest 2e-4). So its e_c may go to 1/FLOORED_MAX_GAIN..FLOORED_MAX_GAIN. Measured in session 30 (`calibration
-rd`, 10 blade frames, Q/DQ graph, BD-PSNR / BD-rate against FP32; sky: λ 8192 on the top-left 240x400 of the
-three smoothest drone frames, dB lost):
+the narrowest 2e-4). So its e_c may go to 1/FLOORED_MAX_GAIN..FLOORED_MAX_GAIN, though never so low
+that β·e_c drops under SMALLEST_BETA. Measured in session 30 (`calibration rd`, 10 blade frames, Q/DQ
+graph, BD-PSNR / BD-rate against FP32; sky: λ 8192 on the top-left 240x400 of the three smoothest drone
+frames, dB lost):
 - lineage C at step 15,000, floor at GAMMA_REACH, cap 16 for every channel: -2.27 dB / +70 % (spreads 7.9x,
   4.2x, 183x), sky 5.0 dB; with FLOORED_MAX_GAIN: -0.12 dB / +3.1 % (4.0x, 4.2x, 7.7x), sky 0.09 dB;
 - main line at step 150,000 (107 γ floored): cap 16 -1.66 dB / +32 %, sky 2.5 dB; FLOORED_MAX_GAIN -0.06 dB /
@@ -107,9 +108,11 @@ def floor_gamma_recorded(image, sample_sets: list, reach: float = GAMMA_REACH) -
     Returns each lifted channel as [gdn, channel, its γ parameter before]: what undo_equalisation puts back."""
     lifted = []
     for k, (gdn, x_max) in enumerate(zip(image.gdns, gdn_input_ranges(image, sample_sets))):
-        x_max = torch.where(x_max > 0, x_max, x_max.median())   # a channel silent on every sample: a typical one
+        busy = x_max[x_max > 0]   # a channel silent on every sample is given a typical busy one's range
+        x_max = torch.where(x_max > 0, x_max, busy.median() if len(busy) else 1.0)
         level = reach * gdn.beta() / x_max
-        low, params = gdn.gamma_diagonal() < level * (1 - 1e-5), gamma_params(gdn)   # (1 - 1e-5): not again
+        # (1 - 1e-5): a γ set to level comes back from its sqrt parameter a rounding below it
+        low, params = gdn.gamma_diagonal() < level * (1 - 1e-5), gamma_params(gdn)
         lifted += [[k, int(c), float(params[c])] for c in torch.nonzero(low).flatten()]
         params[low] = level[low].sqrt()
     return lifted
@@ -150,7 +153,7 @@ def equalise(image, cfg, sample_sets: list, q: float, floored: list = ()) -> dic
     for k, (r, cap) in enumerate(zip(ranges, gain_caps(image, floored))):
         w = probe.folded(k + 1)[0].abs().amax(dim=(0, 2, 3))   # per input channel of the next Conv
         ratio = w / r.clamp_min(float(r.max()) * 1e-6)
-        low = torch.maximum(1 / cap, SMALLEST_BETA / image.gdns[k].beta())
+        low = torch.maximum(1 / cap, SMALLEST_BETA / image.gdns[k].beta())   # β >= 1e-6: at most 10, under every cap
         e = torch.minimum((ratio / ratio.median()).sqrt(), cap).maximum(low)
         e = undo_inflated_columns(w, r, e)
         rescale_channels(image.gdns[k], image.films[k], e)

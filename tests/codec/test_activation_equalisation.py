@@ -9,9 +9,9 @@ import torch
 from calibration.calibration_set import CalibrationSet
 from calibration.quantize import PERCENTILE, quantize_encoder
 from codec import weights
-from codec.activation_equalisation import (FLOORED_MAX_GAIN, GAMMA_REACH, LIFT_HEADROOM, SMALLEST_BETA, equalise,
-                                          floor_gamma, floor_gamma_recorded, gamma_params, gdn_input_ranges,
-                                          rescale_channels, undo_inflated_columns)
+from codec.activation_equalisation import (GAMMA_REACH, LIFT_HEADROOM, MAX_GAIN, SMALLEST_BETA, equalise, floor_gamma,
+                                          floor_gamma_recorded, gamma_params, gdn_input_ranges, rescale_channels,
+                                          undo_equalisation, undo_inflated_columns)
 from codec.export_model import build_model_arrays, equalise_for_int8
 from codec.inference_analysis import foldable
 from codec.onnx_export import OrtTransforms, export_stamped
@@ -182,18 +182,23 @@ def test_a_gdn_channel_trained_linear_quantises_like_the_others(photos, tmp_path
     x, lam = samples[0]
     y, y_unfloored = linear.analysis.image(x, lam), unfloored.analysis.image(x, lam)
     assert float((y - y_unfloored).norm() / y_unfloored.norm()) < GAMMA_REACH
-    errors = []
+    errors, records = [], []
     for name, net, floored in (("ordinary", ordinary, []), ("linear", linear, lifted)):
-        result = equalise(net.analysis.image, net.cfg, [samples], PERCENTILE, floored)
-        assert result["floored_max_gain"] == FLOORED_MAX_GAIN   # the model file records the rule
+        records.append(equalise(net.analysis.image, net.cfg, [samples], PERCENTILE, floored))
         (tmp_path / name).mkdir()
         errors.append(int8_error(net, photos, tmp_path / name))
     assert errors[1] < 1.3 * errors[0], errors   # 0.029 and 0.030; 0.051 with the floored channels capped at 16
+    assert max(records[1]["scales"][1]) > MAX_GAIN   # the floored channels went past the ordinary cap
+    # and the record still returns training to the weights it had, γ = 0 included
+    assert undo_equalisation(linear.analysis.image, {**records[1], "gamma_params_before_floor": lifted})
+    for a, b in zip(linear.analysis.image.parameters(), unfloored.analysis.image.parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_equalisation_keeps_every_beta_representable(photos):
-    """rescale_channels stores β·e - 1e-6: a channel with a tiny β scaled down by the gain cap would go below 0
-    there and come back as β = 1e-6, another function. SMALLEST_BETA stops e first."""
+    """rescale_channels stores β·e - 1e-6: a floored channel with a tiny β may be scaled down as far as
+    1/FLOORED_MAX_GAIN, and below β·e = 1e-6 that would come back as β = 1e-6, another function.
+    SMALLEST_BETA keeps β·e at 1e-5 or more (here e 0.5 instead of 0.059)."""
     net = unbalanced_model()
     gdn, film = net.analysis.image.gdns[1], net.analysis.image.films[1]
     with torch.no_grad():   # β 2e-5 saturates the channel's softsign: its range is wide, its e far below 1
@@ -202,8 +207,8 @@ def test_equalisation_keeps_every_beta_representable(photos):
         film.net[-1].bias[0] = 30.0
     before = copy.deepcopy(net)
     samples = Calibration(photos).samples
-    result = equalise(net.analysis.image, net.cfg, [samples], PERCENTILE)
-    assert result["scales"][1][0] == pytest.approx(SMALLEST_BETA / 2e-5, rel=1e-4)   # 1/16 without the bound
+    result = equalise(net.analysis.image, net.cfg, [samples], PERCENTILE, floored=[[1, 0, 0.0]])
+    assert result["scales"][1][0] == pytest.approx(SMALLEST_BETA / 2e-5, rel=1e-4)
     assert float(gdn.beta()[0]) == pytest.approx(SMALLEST_BETA, rel=1e-4)
     x, lam = samples[0]
     y, y_before = net.analysis.image(x, lam), before.analysis.image(x, lam)
@@ -226,7 +231,6 @@ def test_a_gamma_at_exactly_zero_is_floored_so_the_export_folds_and_equalises():
 def test_equalisation_records_the_scales_that_undo_it(photos):
     """Training restarted from a model file returns to the weights it had (session 25: from the equalised
     ones, 6.9 % BD-rate more lost in 1,000 steps)."""
-    from codec.activation_equalisation import undo_equalisation
     net = unbalanced_model()
     trained = copy.deepcopy(net)
     record = equalise(net.analysis.image, net.cfg, [Calibration(photos).samples], PERCENTILE)

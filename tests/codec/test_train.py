@@ -149,8 +149,8 @@ def test_init_keep_that_matches_nothing_or_another_shape_is_one_line(tmp_path):
     from codec.train import _load_state, export_float_model
     export_float_model(NestedLatentCodec(ModelConfig(**TINY)), tmp_path / "narrow.npz", {"step": 5})
     wide_cfg = {**TINY, "z1_channels": 12}
-    for keep, message in ((["analysis.imagee."], "no parameter of"),
-                          (["analysis.image.convs.3."], "analysis.image.convs.3.weight does not fit the configured model")):
+    misfit = "analysis.image.convs.3.weight does not fit the configured model"
+    for keep, message in ((["analysis.imagee."], "no parameter of"), (["analysis.image.convs.3."], misfit)):
         cfg = TrainConfig(run_dir=str(tmp_path / "run"), init_from=str(tmp_path / "narrow.npz"), init_keep=keep,
                           model=wide_cfg)
         with pytest.raises(CodecError, match=message):

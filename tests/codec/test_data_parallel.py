@@ -1,5 +1,6 @@
 """Data-parallel training: real gloo process groups on this machine, real training runs."""
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -54,6 +55,15 @@ def _wait_in_each_process(out_dir: str):
     time.sleep(300)
 
 
+def _print_and_log(log_path: str):
+    """Leave a line on a piped stdout and one in a log file, neither flushed by hand."""
+    log = logging.getLogger("codec.test_leave")
+    if not log.handlers:
+        log.addHandler(logging.FileHandler(log_path))   # appended to by both processes
+        log.setLevel(logging.INFO)
+    log.info("logged by %d", data_parallel.rank())
+    print(f"printed by {data_parallel.rank()}")
+
 def _running(pid: int) -> bool:
     """Alive and not a zombie (an orphan is reaped by init; its /proc entry may linger a moment)."""
     try:
@@ -96,6 +106,21 @@ def test_workers_stop_when_the_launcher_is_killed(tmp_path):
             except ProcessLookupError:
                 pass
 
+
+def test_processes_leave_with_every_line_written(tmp_path):
+    # The workers end with os._exit (gloo's teardown aborted finished runs): what they printed to a pipe
+    # or logged must still come out, and the launcher must see both exit cleanly.
+    root = Path(__file__).resolve().parents[2]
+    log = tmp_path / "run.log"
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from codec import data_parallel; "
+         "from tests.codec.test_data_parallel import _print_and_log as f; "
+         "data_parallel.launch(f, 2, sys.argv[1]); print('launcher done')", str(log)],
+        cwd=root, capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"})   # a pipe buffers by block
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(done.stdout.split("\n")[:-1]) == ["launcher done", "printed by 0", "printed by 1"]
+    assert sorted(log.read_text().splitlines()) == ["logged by 0", "logged by 1"]
 
 def test_gradients_are_averaged_and_weights_stay_identical(tmp_path):
     data_parallel.launch(_one_step_in_each_process, 2, str(tmp_path))

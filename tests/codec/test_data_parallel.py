@@ -64,6 +64,7 @@ def _print_and_log(log_path: str):
     log.info("logged by %d", data_parallel.rank())
     print(f"printed by {data_parallel.rank()}")
 
+
 def _running(pid: int) -> bool:
     """Alive and not a zombie (an orphan is reaped by init; its /proc entry may linger a moment)."""
     try:
@@ -121,6 +122,7 @@ def test_processes_leave_with_every_line_written(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(done.stdout.split("\n")[:-1]) == ["launcher done", "printed by 0", "printed by 1"]
     assert sorted(log.read_text().splitlines()) == ["logged by 0", "logged by 1"]
+
 
 def test_gradients_are_averaged_and_weights_stay_identical(tmp_path):
     data_parallel.launch(_one_step_in_each_process, 2, str(tmp_path))

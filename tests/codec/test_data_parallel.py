@@ -18,6 +18,8 @@ from codec.model import ModelConfig, NestedLatentCodec
 from codec.train import TrainConfig, train
 from tests.codec.test_train import TINY, config
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def _one_step_in_each_process(out_dir: str):
     """Same initial weights, different crops per process: after one averaged step the weights agree."""
@@ -65,6 +67,13 @@ def _print_and_log(log_path: str):
     print(f"printed by {data_parallel.rank()}")
 
 
+def _launcher(helper: str, arg, then: str = "pass") -> list[str]:
+    """A separate Python that launches this module's `helper`(arg) in 2 processes, then runs `then`."""
+    return [sys.executable, "-c", "import sys; from codec import data_parallel; "
+            f"from tests.codec.test_data_parallel import {helper} as f; "
+            f"data_parallel.launch(f, 2, sys.argv[1]); {then}", str(arg)]
+
+
 def _running(pid: int) -> bool:
     """Alive and not a zombie (an orphan is reaped by init; its /proc entry may linger a moment)."""
     try:
@@ -84,14 +93,10 @@ def _wait_for(condition, seconds: float) -> bool:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)")
 def test_workers_stop_when_the_launcher_is_killed(tmp_path):
-    root = Path(__file__).resolve().parents[2]
     # Started as `python -m codec train ... &` starts it from a script: SIGINT ignored, so the workers also
     # ignore the SIGINT torch's spawn asks the kernel to send them when their parent dies.
-    launcher = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from codec import data_parallel; "
-         "from tests.codec.test_data_parallel import _wait_in_each_process as f; "
-         "data_parallel.launch(f, 2, sys.argv[1])", str(tmp_path)], cwd=root,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    launcher = subprocess.Popen(_launcher("_wait_in_each_process", tmp_path), cwd=ROOT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         assert _wait_for(lambda: len(list(tmp_path.glob("*.pid"))) == 2, 120), "the workers never started"
         workers = [int(p.stem) for p in tmp_path.glob("*.pid")]
@@ -111,13 +116,10 @@ def test_workers_stop_when_the_launcher_is_killed(tmp_path):
 def test_processes_leave_with_every_line_written(tmp_path):
     # The workers end with os._exit (gloo's teardown aborted finished runs): what they printed to a pipe
     # or logged must still come out, and the launcher must see both exit cleanly.
-    root = Path(__file__).resolve().parents[2]
     log = tmp_path / "run.log"
     done = subprocess.run(
-        [sys.executable, "-c", "import sys; from codec import data_parallel; "
-         "from tests.codec.test_data_parallel import _print_and_log as f; "
-         "data_parallel.launch(f, 2, sys.argv[1]); print('launcher done')", str(log)],
-        cwd=root, capture_output=True, text=True, timeout=300,
+        _launcher("_print_and_log", log, then="print('launcher done')"),
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
         env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"})   # a pipe buffers by block
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(done.stdout.split("\n")[:-1]) == ["launcher done", "printed by 0", "printed by 1"]

@@ -17,8 +17,7 @@ from codec.errors import CodecError
 from codec.model import ModelConfig, NestedLatentCodec
 from codec.train import TrainConfig, train
 from tests.codec.test_train import TINY, config
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import PROJECT_ROOT
 
 
 def _one_step_in_each_process(out_dir: str):
@@ -95,7 +94,7 @@ def _wait_for(condition, seconds: float) -> bool:
 def test_workers_stop_when_the_launcher_is_killed(tmp_path):
     # Started as `python -m codec train ... &` starts it from a script: SIGINT ignored, so the workers also
     # ignore the SIGINT torch's spawn asks the kernel to send them when their parent dies.
-    launcher = subprocess.Popen(_launcher("_wait_in_each_process", tmp_path), cwd=ROOT,
+    launcher = subprocess.Popen(_launcher("_wait_in_each_process", tmp_path), cwd=PROJECT_ROOT,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         assert _wait_for(lambda: len(list(tmp_path.glob("*.pid"))) == 2, 120), "the workers never started"
@@ -119,7 +118,7 @@ def test_processes_leave_with_every_line_written(tmp_path):
     log = tmp_path / "run.log"
     done = subprocess.run(
         _launcher("_print_and_log", log, then="print('launcher done')"),
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
         env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"})   # a pipe buffers by block
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(done.stdout.split("\n")[:-1]) == ["launcher done", "printed by 0", "printed by 1"]

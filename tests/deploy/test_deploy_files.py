@@ -14,9 +14,10 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from deploy.localrun import free_port, wait_port
+from tests.conftest import PROJECT_ROOT
 from tests.deploy.certs import make_ca_and_server
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DEPLOY = PROJECT_ROOT / "deploy"
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 
 

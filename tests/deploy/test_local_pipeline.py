@@ -4,11 +4,9 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
+from tests.conftest import PROJECT_ROOT as ROOT
 from tests.deploy.harness import make_photos
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_local_pipeline_prints_every_photo_and_stops_cleanly(tmp_path, tiny_model):

@@ -13,10 +13,11 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from deploy.localrun import Broker
+from tests.conftest import PROJECT_ROOT
 from tests.deploy.certs import make_ca_and_server
 from tests.deploy.harness import Pipeline, make_photos, wait_until
 
-ACL = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto" / "acl"
+ACL = PROJECT_ROOT / "deploy" / "mosquitto" / "acl"
 USERS = {"ground": "ground-secret", "drone-a": "a-secret", "drone-b": "b-secret"}
 
 

@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from ground.config import GroundConfig, load
-from tests.conftest import config_error
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import PROJECT_ROOT as ROOT, config_error
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -197,7 +197,9 @@ class Distiller:
 
 
 def load_float(path) -> tuple[NestedLatentCodec, dict]:
-    """A float model from a training checkpoint (.pt: its weight average when it keeps one) or a model file."""
+    """A float model from a training checkpoint (.pt: its weight average when it keeps one) or a model file,
+    with a model file's INT8 equalisation undone: the weights training had, so that exporting it again
+    equalises and floors γ as the current rule does, not on top of an earlier export's scales."""
     path = Path(path)
     if path.suffix == ".pt":
         state = torch.load(path, weights_only=False)
@@ -208,6 +210,7 @@ def load_float(path) -> tuple[NestedLatentCodec, dict]:
         arrays, meta = weights.load_arrays(path)
         net = NestedLatentCodec(ModelConfig.from_dict(meta["config"]))
         net.load_state_dict(weights.float_state_dict(arrays))
+        undo_equalisation(net.analysis.image, meta.get("int8_equalisation"))
         info = meta.get("train", {})
     use_elementwise_gdns(net)   # the same function; faster when Γ is diagonal
     return net, info

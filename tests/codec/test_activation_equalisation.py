@@ -250,3 +250,27 @@ def test_export_records_the_gamma_params_it_floored():
     record = equalise_for_int8(net)
     assert record["gamma_params_before_floor"] == [[1, 3, pytest.approx(1e-6)]]
     assert len(record["scales"]) == 3
+
+
+def test_a_model_file_loads_with_its_equalisation_and_gamma_floor_undone(photos, tmp_path):
+    """Exporting a shipped model again must start from the weights training had: on top of the earlier export's
+    scales and floored γ, the current rule would floor and equalise another function's channels."""
+    from codec.train import export_float_model, load_float
+
+    net = unbalanced_model()
+    with torch.no_grad():
+        gamma_params(net.analysis.image.gdns[1])[3] = 1e-6   # trained to ~0: the floor lifts it
+    trained = copy.deepcopy(net)
+    samples = [Calibration(photos).samples]
+    floored = floor_gamma_recorded(net.analysis.image, samples)
+    record = {**equalise(net.analysis.image, net.cfg, samples, PERCENTILE, floored),
+              "gamma_params_before_floor": floored}
+    assert len(floored) == 1
+    export_float_model(net, tmp_path / "model.npz", {"step": 7})
+    arrays, meta = weights.load_arrays(tmp_path / "model.npz")
+    weights.save_arrays(tmp_path / "model.npz", arrays, {**meta, "int8_equalisation": record})
+    loaded, info = load_float(tmp_path / "model.npz")
+    assert info == {"step": 7}
+    for (name, a), b in zip(loaded.analysis.image.named_parameters(), trained.analysis.image.parameters()):
+        assert torch.allclose(a, b, rtol=2e-3, atol=1e-6), name   # the file holds float16
+    assert float(gamma_params(loaded.analysis.image.gdns[1])[3].detach()) == pytest.approx(1e-6, rel=2e-3)

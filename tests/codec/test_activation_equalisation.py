@@ -16,6 +16,7 @@ from codec.export_model import build_model_arrays, equalise_for_int8
 from codec.inference_analysis import foldable
 from codec.onnx_export import OrtTransforms, export_stamped
 from codec.runtime import CodecModel
+from codec.train import export_float_model, load_float
 from codec.quantisation_aware import Calibration, QuantisationAwareImageAnalysis
 from tests.codec.test_quantisation_aware import diagonal_model
 from tests.deploy.harness import make_photos
@@ -255,8 +256,6 @@ def test_export_records_the_gamma_params_it_floored():
 def test_a_model_file_loads_with_its_equalisation_and_gamma_floor_undone(photos, tmp_path):
     """Exporting a shipped model again must start from the weights training had: on top of the earlier export's
     scales and floored γ, the current rule would floor and equalise another function's channels."""
-    from codec.train import export_float_model, load_float
-
     net = unbalanced_model()
     with torch.no_grad():
         gamma_params(net.analysis.image.gdns[1])[3] = 1e-6   # trained to ~0: the floor lifts it

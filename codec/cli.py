@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench-runs", help="coded validation RD of training runs, BD-rate against the first")
     bn.add_argument("runs", nargs="+", help="run directories (their last.npz) or model files")
     bn.add_argument("--recode", action="store_true", help="code every run's weights again with today's encoder "
-                    "(frames, λs and calibration photos from --config) instead of reading the recorded figures")
+                    "(frames, λs and calibration photos from --config) instead of reading the recorded figures; an "
+                    "exported model file codes as it ships, with its own priors, equalisation and γ floor")
     bn.add_argument("--config", help="training config whose validation settings --recode uses (default: the "
                     "default run's)")
 

@@ -262,17 +262,22 @@ class Validator:
         """Real bytes: the model with integer priors (calibrated on a few training crops) compresses and
         decompresses each validation image; bpp counts the whole container."""
         import copy
-        from . import api
         from .export_model import build_model_arrays, calibration_images
-        from .imageio import Photo
-        from .lambdas import index_of_lambda
-        from .photo_refinement import measure
         from .runtime import CodecModel
 
         net = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()
         with torch.no_grad():
             arrays = build_model_arrays(net, calibration_images(2, self.calibration_dirs))
-        codec = CodecModel(arrays, {"config": net.cfg.to_dict()}, Path("<validation model>"))
+        return self.coded_file(CodecModel(arrays, {"config": net.cfg.to_dict()}, Path("<validation model>")))
+
+    def coded_file(self, codec) -> dict:
+        """coded() for a complete codec model (CodecModel) as it stands: an exported file codes with its own
+        priors and its INT8 equalisation and γ floor, which is what ships."""
+        from . import api
+        from .imageio import Photo
+        from .lambdas import index_of_lambda
+        from .photo_refinement import measure
+
         result, threads = {}, torch.get_num_threads()
         for lam in self.lambdas:
             bpps, psnrs = [], []

@@ -1,14 +1,19 @@
 """bench-runs: coded validation figures of real (tiny) training runs, BD-rate against the first run."""
+import copy
 import re
 
 import pytest
+import torch
 import yaml
 
+from codec import weights
 from codec.bench.compare_runs import read_run, recode_run, table
 from codec.cli import main as cli_main
 from codec.errors import CodecError
+from codec.export_model import build_model_arrays, calibration_images
 from codec.rate_aware_rounding import DEFAULT_BETA
-from codec.train import TrainConfig, Validator, train
+from codec.runtime import CodecModel
+from codec.train import TrainConfig, Validator, load_float, train
 from tests.codec.test_train import config
 
 
@@ -56,6 +61,29 @@ def test_recode_reproduces_the_record_and_mixed_encoders_are_refused(tmp_path, f
                      str(tmp_path / "short" / "last.npz")]) == 0
     out = capsys.readouterr().out
     assert "| short | 2 |" in out and "| last.npz | 2 |" in out and out.count("+0.00%") == 2, out
+
+
+def test_recode_codes_an_exported_file_as_it_ships(tmp_path, folders):
+    """Not the weights load_float gives back, with the export's equalisation and γ floor undone: until session
+    34 the floor coded lineage C's file 0.4 dB worse at λ 8192 than those weights, and --recode could not see it."""
+    cfg = config(tmp_path, folders, run_dir=str(tmp_path / "short"), steps=2)
+    train(TrainConfig(**cfg))
+    validator = Validator(TrainConfig(**cfg))
+    net, info = load_float(tmp_path / "short" / "last.npz")
+    with torch.no_grad():   # two steps leave the latents at 0: louder ones, so that the analysis shows
+        net.analysis.image.convs[-1].weight.mul_(50.0)   # then priors calibrated as validation calibrates them
+        arrays = build_model_arrays(copy.deepcopy(net).eval(), calibration_images(2, validator.calibration_dirs))
+    gdns = net.analysis.image.gdns
+    # an export's record: GDN 0's channel 0 was floored from a γ parameter of 3, which load_float puts back
+    record = {"scales": [[1.0] * len(g.beta_param) for g in gdns], "gamma_params_before_floor": [[0, 0, 3.0]]}
+    for name, equalisation in (("plain.npz", None), ("floored.npz", record)):
+        weights.save_arrays(tmp_path / name, arrays, {"config": net.cfg.to_dict(), "train": info,
+                                                      "int8_equalisation": equalisation})
+    assert recode_run(tmp_path / "plain.npz", validator)["points"] == validator.coded(net)
+    as_file = validator.coded_file(CodecModel.load(tmp_path / "floored.npz"))
+    recoded = recode_run(tmp_path / "floored.npz", validator)
+    assert recoded["points"] == {float(lam): v for lam, v in as_file.items()} and recoded["step"] == 2
+    assert validator.coded(load_float(tmp_path / "floored.npz")[0]) != as_file   # the floor undone codes otherwise
 
 
 def test_recode_without_validation_frames_is_one_clear_error(tmp_path, folders, capsys):

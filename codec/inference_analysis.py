@@ -115,13 +115,21 @@ class InferenceImageAnalysis(nn.Module):
         convs[0] = space_to_depth_conv(convs[0])
         self.convs = convs
 
-    def forward(self, x, lam):
-        h = _SpaceToDepth.apply(x - 0.5)
+    def forward(self, x, lam, store=None):
+        """store, if given, is applied to every tensor an operator writes: half_precision.py rounds them to
+        float16 there, as an FP16 engine stores them."""
+        keep = store or _unchanged
+        h = keep(_SpaceToDepth.apply(keep(x - 0.5)))
         for i, film in enumerate(self.films):
-            gain, shift = film.affine(lam, h.dtype)
+            gain, shift = (keep(t) for t in film.affine(lam, h.dtype))
             # FiLM(softsign(u) / γ) = (gain·softsign(u) + γ·shift) / γ; the 1/γ lives in the next conv
-            h = _Softsign.apply(self.convs[i](h)) * gain + shift * getattr(self, f"gamma{i}")
-        return self.convs[-1](h) * rate_gain(lam, h.dtype)
+            s = keep(_Softsign.apply(keep(self.convs[i](h))))
+            h = keep(keep(s * gain) + keep(shift * getattr(self, f"gamma{i}")))
+        return keep(keep(self.convs[-1](h)) * rate_gain(lam, h.dtype))
+
+
+def _unchanged(t):
+    return t
 
 
 def inference_image_analysis(image) -> nn.Module:

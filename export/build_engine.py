@@ -5,7 +5,9 @@
 Writes DIR/encoder.onnx and DIR/encoder_latent.onnx (the analysis is two graphs: image windows, then
 the latent chain), with --int8 DIR/encoder.int8.onnx, the TensorRT engines under
 DIR/engines/<TensorRT version + device>/ when tensorrt and a CUDA device exist, and DIR/report.json
-with the result of every check.
+with the result of every check: ONNX checker, the TensorRT parser's operators, MACs, ONNX Runtime against
+PyTorch, and the folded analysis in emulated float16 storage (codec/half_precision.py; an engine keeps its
+tensors in float16 wherever it does not run INT8).
 
 Exit status: 0 every check passed and the engines were built; 1 a check failed (see report.json);
 2 bad command line; 3 every check passed but no engine was built (tensorrt or a CUDA device missing).
@@ -83,6 +85,8 @@ def photo_paths(args) -> list:
 
 
 def onnx_stages(args, model, report: dict) -> dict:
+    from codec import half_precision
+    from codec.imageio import read_photo
     from codec.onnx_export import export_stamped
     from export import graph_checks, parity
 
@@ -108,6 +112,9 @@ def onnx_stages(args, model, report: dict) -> dict:
     stage(report, "macs", macs)
     stage(report, "ort_vs_torch_fp32", lambda: parity.compare(model, image, latent, photo_paths(args),
                                                               args.lambdas, threads=args.threads))
+    # the engine runs in float16 wherever it does not run INT8: a folded analysis can lose latents there
+    stage(report, "fp16_storage", lambda: half_precision.check(
+        model.torch_model.analysis.image, [read_photo(p).pixels for p in photo_paths(args)]))
     graphs = {"image": image, "latent": latent}
     if args.int8:
         graphs["image"] = int8_stages(args, model, report, image, latent, table)

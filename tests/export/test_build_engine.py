@@ -142,9 +142,12 @@ def test_build_engine_script_without_tensorrt(tiny_model, tmp_path):
     assert "engine NOT built" in out.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["engine"]["built"] is False and "tensorrt" in report["engine"]["reason"]
-    for name in ("onnx_checker", "tensorrt_operators", "macs", "ort_vs_torch_fp32"):
+    for name in ("onnx_checker", "tensorrt_operators", "macs", "ort_vs_torch_fp32", "fp16_storage"):
         assert report["checks"][name]["passed"], name
     assert report["checks"]["ort_vs_torch_fp32"]["worst_agreement"] >= 0.999
+    # the tiny model's GDNs have a full Γ, so its analysis is not folded; the check itself: test_half_precision
+    assert report["checks"]["fp16_storage"]["folded"] is False
+    assert "does not fold" in report["checks"]["fp16_storage"]["detail"]
     assert (tmp_path / "encoder.onnx").is_file() and (tmp_path / "encoder_latent.onnx").is_file()
 
 

@@ -21,6 +21,7 @@ import copy
 import numpy as np
 import torch
 
+from . import export_model
 from .inference_analysis import InferenceImageAnalysis, foldable
 
 MIN_AGREEMENT = 0.99   # rounded latents the float16 analysis must leave unchanged (healthy exports: > 0.998)
@@ -41,11 +42,11 @@ def half_precision_copy(fold: InferenceImageAnalysis) -> InferenceImageAnalysis:
 
 
 def image_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """An RGB photo as the analysis takes it, cut to multiples of 16 px (the codec pads; the cut is simpler)."""
-    h, w = rgb.shape[0] // 16 * 16, rgb.shape[1] // 16 * 16
-    if not h or not w:
+    """An RGB photo as the analysis takes it, its centre cut to multiples of 16 px (the codec pads; the cut is
+    simpler)."""
+    if min(rgb.shape[:2]) < 16:
         raise ValueError(f"a {rgb.shape[1]}x{rgb.shape[0]} photo is under 16 px on a side")
-    return torch.from_numpy(rgb[:h, :w].transpose(2, 0, 1).copy()).float().div(255)[None]
+    return export_model.image_tensor(rgb, max_side=max(rgb.shape[:2]))
 
 
 @torch.no_grad()

@@ -18,6 +18,10 @@ def build_parser():
     q.add_argument("-o", "--output", required=True, type=Path)
     q.add_argument("--calibration-dir", type=Path)
     q.add_argument("--count", type=int, default=32)
+    q.add_argument("--varied-dir", type=Path,
+                   help="varied photos pooled in for the inner Conv inputs' ranges (default: shared/data/train)")
+    q.add_argument("--no-varied", dest="varied", action="store_false",
+                   help="calibrate every range on the calibration photos alone")
     q.add_argument("--method", choices=("minmax", "percentile", "entropy"),
                    help="calibration ranges (default: percentile, 99.99th, for both targets)")
     q.add_argument("--target", default="tensorrt", choices=("tensorrt", "cpu"),
@@ -42,9 +46,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     try:
         if args.command == "quantize":
-            from .calibration_set import CalibrationSet
+            from .calibration_set import CalibrationSet, varied_option
             from .quantize import quantize_encoder
-            cal = CalibrationSet(**({"folder": args.calibration_dir} if args.calibration_dir else {}), count=args.count)
+            cal = CalibrationSet(**({"folder": args.calibration_dir} if args.calibration_dir else {}), count=args.count,
+                                 **varied_option(args.varied, args.varied_dir))
             result = quantize_encoder(args.onnx, args.output, cal, args.method, args.target, args.equalise)
         else:
             from codec.runtime import CodecModel

@@ -10,6 +10,8 @@ the fine-detail activation peaks that set the ranges); a centred crop of 368x576
 of 16 inside the 371x586 photos, i.e. what one analysis window sees.
 λ: activations depend on λ through the FiLM layers, so photo i runs at CALIBRATION_LAMBDAS[i % 8],
 eight log-spaced values over the whole range 64..8192; every rate the drone may use is covered.
+Varied photos (`train/`, 32, the same crop and λ cycle) are pooled with these for the ranges of the inner Conv
+inputs only (pooled_ranges.py): Nordtank's four DJI frames do not span what those channels meet in the field.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = PROJECT_ROOT.parent / "shared" / "data" / "blades" / "dtu_nordtank"
 COUNT = 32
 CROP = (368, 576)   # height, width; multiples of 16
+VARIED_DIR = PROJECT_ROOT.parent / "shared" / "data" / "train"
 CALIBRATION_LAMBDAS = tuple(64.0 * 2 ** i for i in range(8))  # 64, 128, ..., 8192: the whole λ range
 
 
@@ -34,6 +37,11 @@ class CalibrationSet:
     folder: Path = DEFAULT_DIR
     count: int = COUNT
     crop: tuple = CROP
+    varied: Path | None = VARIED_DIR   # photos pooled in for the inner Conv inputs' ranges; None: none
+
+    def varied_set(self) -> CalibrationSet | None:
+        """The varied photos as a calibration set of their own (COUNT of them, this set's crop), or None."""
+        return None if self.varied is None else CalibrationSet(self.varied, COUNT, self.crop, None)
 
     def paths(self) -> list:
         if not Path(self.folder).is_dir():
@@ -46,12 +54,21 @@ class CalibrationSet:
     def describe(self) -> dict:
         return {"folder": str(self.folder), "photos": [p.name for p in self.paths()],
                 "crop_hw": list(self.crop), "resize": "none (native resolution, centred crop)",
-                "lambdas": list(CALIBRATION_LAMBDAS)}
+                "lambdas": list(CALIBRATION_LAMBDAS),
+                "varied": self.varied_set().describe() if self.varied is not None else None}
 
     def samples(self):
         """(x (1,3,h,w) float32 in [0,1], lam (1,) float32) per photo."""
         for i, path in enumerate(self.paths()):
             yield centre_crop(read_rgb(path), self.crop), np.array([CALIBRATION_LAMBDAS[i % 8]], np.float32)
+
+
+def varied_option(varied: bool, folder) -> dict:
+    """CalibrationSet's `varied` keyword from the command lines' --no-varied / --varied-dir (neither: the
+    default folder)."""
+    if not varied:
+        return {"varied": None}
+    return {"varied": folder} if folder else {}
 
 
 def centre_crop(pixels: np.ndarray, crop) -> np.ndarray:

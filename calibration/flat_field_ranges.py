@@ -27,7 +27,7 @@ from onnx import helper, numpy_helper
 from codec.errors import CodecError
 
 from .calibration_set import CALIBRATION_LAMBDAS
-from .onnx_graph import output_session
+from .onnx_graph import output_session, tensor_values
 
 SIZE = 128   # px; every position of a 128 px field at stride 16 is within reach of an edge, corners included
 GREYS = (0, 64, 128, 192, 255)
@@ -88,10 +88,5 @@ def shrink_edge_channels(graph_path, conv_names, reader, percentile: float) -> d
 def calibrated_ranges(session, tensors, reader, percentile: float) -> dict:
     """Tensor name -> the `percentile` of |value| over the calibration photos (what quantize_static's
     symmetric percentile calibration sets); session as for flat_field_peaks."""
-    values = {t: [] for t in tensors}
-    reader.rewind()
-    while (feed := reader.get_next()) is not None:
-        for t, v in zip(tensors, session.run(tensors, feed)):
-            values[t].append(np.abs(v).ravel())
-    reader.rewind()
-    return {t: float(np.percentile(np.concatenate(v), percentile)) for t, v in values.items()}
+    values = tensor_values(session, tensors, [reader])
+    return {t: float(np.percentile(np.abs(v), percentile)) for t, v in values.items()}

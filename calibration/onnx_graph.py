@@ -29,3 +29,18 @@ def output_session(m: onnx.ModelProto, tensors):
     m.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
                           for t in tensors if t not in known)
     return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def tensor_values(session, tensors, readers) -> dict:
+    """Tensor name -> every value it takes over the samples of each calibration reader, flattened into one
+    array (session: output_session with those tensors); each reader is rewound after."""
+    import numpy as np
+
+    values = {t: [] for t in tensors}
+    for reader in readers:
+        reader.rewind()
+        while (feed := reader.get_next()) is not None:
+            for t, v in zip(tensors, session.run(list(tensors), feed)):
+                values[t].append(v.ravel())
+        reader.rewind()
+    return {t: np.concatenate(v) for t, v in values.items()}

@@ -11,6 +11,10 @@ What TensorRT's explicit quantisation needs, and why each option is set:
 - but the input channels that smooth content at the frame edge drives past those ranges are rescaled
   first (flat_field_ranges.py, session 27): the percentile clipped them, and sky at a frame's edge lost
   1.5-1.9 dB at λ 8192 on model c126c68a;
+- and the inner Convs' input ranges (all but the first and output Convs') are calibrated on the Nordtank crops
+  pooled with 32 varied photos (pooled_ranges.py, session 36): Nordtank alone clipped content of other
+  blade photos there, and lineage C lost 0.34 dB (Q/DQ) and 0.41 dB (CPU) on the drone frames, 0.06 and
+  0.13 dB pooled;
 - only Conv is quantised: the GDN (a Softsign in the exported graph), FiLM and λ embedding stay in float, where
   int8 would cost quality; biases stay float (TensorRT takes no int32 DequantizeLinear); Conv
   outputs are not requantised (the last one is y1, whose rounding to integers is the codec itself);
@@ -50,6 +54,7 @@ from .film_batchnorm import PREFIX as FILM_PREFIX
 from .film_batchnorm import fuse_film
 from .flat_field_ranges import shrink_edge_channels
 from .onnx_graph import producers
+from .pooled_ranges import pooled_overrides
 
 log = logging.getLogger("calibration")
 
@@ -103,8 +108,12 @@ def quantize_encoder(fp32_path, out_path, calibration_set: CalibrationSet | None
                "entropy": CalibrationMethod.Entropy}
     if method not in methods:
         raise CodecError(f"unknown calibration method {method!r} ({', '.join(methods)})")
-    reader = make_reader(calibration_set or CalibrationSet())
-    log.info("calibrating on %d photos (%s, for %s)", len(reader), method, target)
+    calibration_set = calibration_set or CalibrationSet()
+    reader = make_reader(calibration_set)
+    varied = calibration_set.varied_set()
+    pool = [reader, make_reader(varied)] if varied is not None else []
+    log.info("calibrating on %d photos (%s, for %s), %d varied ones pooled in for the inner Conv inputs",
+             len(reader), method, target, len(pool[1]) if pool else 0)
     common = dict(op_types_to_quantize=QUANTIZED_OPS, per_channel=True, reduce_range=False,
                   weight_type=QuantType.QInt8, calibrate_method=methods[method],
                   calibration_providers=["CPUExecutionProvider"])
@@ -114,45 +123,48 @@ def quantize_encoder(fp32_path, out_path, calibration_set: CalibrationSet | None
         # temporary `-inferred.onnx` file beside its input (two quantisations of one graph no longer collide)
         src = Path(tmp) / "encoder.onnx"
         if target == "tensorrt":
-            qdq_graph(fp32_path, src, out_path, reader, common, percentile, fit_edges)
+            qdq_graph(fp32_path, src, out_path, pool or [reader], common, percentile, fit_edges)
         else:
-            cpu_variant(fp32_path, src, out_path, reader, equalise, common, percentile, fit_edges)
+            cpu_variant(fp32_path, src, out_path, pool or [reader], equalise, common, percentile, fit_edges)
     _copy_metadata(fp32_path, out_path)
     return check_qdq(out_path) if target == "tensorrt" else check_cpu_graph(out_path)
 
 
-def qdq_graph(fp32_path, src, out_path, reader, common: dict, percentile: dict, fit_edges: bool):
-    """The Q/DQ graph for TensorRT, every Conv but the first quantised."""
+def qdq_graph(fp32_path, src, out_path, readers, common: dict, percentile: dict, fit_edges: bool):
+    """The Q/DQ graph for TensorRT, every Conv but the first quantised. readers: the calibration set's, then
+    the varied photos' if any (pooled for the inner Conv inputs)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     shutil.copyfile(fp32_path, src)
     first = first_conv(onnx.load(str(fp32_path))).name   # left in float: FP16 in TensorRT
     if fit_edges:
-        fit_frame_edges(src, reader, [first], percentile)
-    quantize_static(str(src), str(out_path), reader, quant_format=QuantFormat.QDQ,
+        fit_frame_edges(src, readers[0], [first], percentile)
+    quantize_static(str(src), str(out_path), readers[0], quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, nodes_to_exclude=[first], **common,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                    "QuantizeBias": False, "CalibTensorRangeSymmetric": True,
-                                   "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS, **percentile})
+                                   "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS, **percentile,
+                                   **pool_inner_ranges(src, readers, [first], percentile, symmetric=True)})
 
 
-def cpu_variant(fp32_path, src, out_path, reader, equalise: bool, common: dict, percentile: dict,
+def cpu_variant(fp32_path, src, out_path, readers, equalise: bool, common: dict, percentile: dict,
                 fit_edges: bool):
-    """The QLinearConv graph, quantised from src (a scratch path)."""
+    """The QLinearConv graph, quantised from src (a scratch path); readers as for qdq_graph."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     excluded = float_convs(fp32_path)
     if equalise:
         convs = [n.name for n in onnx.load(str(fp32_path)).graph.node
                  if n.op_type == "Conv" and n.name not in excluded]
-        divide_outputs(fp32_path, src, channel_ranges(fp32_path, reader, convs))
+        divide_outputs(fp32_path, src, channel_ranges(fp32_path, readers[0], convs))
     else:
         shutil.copyfile(fp32_path, src)
     if fit_edges:
-        fit_frame_edges(src, reader, excluded, percentile)
-    quantize_static(str(src), str(out_path), reader, quant_format=QuantFormat.QOperator,
+        fit_frame_edges(src, readers[0], excluded, percentile)
+    quantize_static(str(src), str(out_path), readers[0], quant_format=QuantFormat.QOperator,
                     activation_type=QuantType.QUInt8, nodes_to_exclude=excluded, **common,
-                    extra_options=percentile)
+                    extra_options={**percentile,
+                                   **pool_inner_ranges(src, readers, excluded, percentile, symmetric=False)})
     if equalise:
         log.info("%d QLinearConv outputs dequantised per channel", fold_into_dequantize(out_path))
     log.info("%d FiLM multiply-adds run as one BatchNormalization each", fuse_film(out_path))
@@ -166,6 +178,20 @@ def fit_frame_edges(src, reader, excluded: list, percentile: dict):
     for tensor, k in shrunk.items():
         log.info("%s: %d channels shrunk for flat fields at the frame edge (up to %.2fx)", tensor, len(k),
                  max(k.values()))
+
+
+def pool_inner_ranges(src, readers, excluded: list, percentile: dict, symmetric: bool) -> dict:
+    """quantize_static's extra option TensorQuantOverrides: the inputs of the Convs quantised but the output
+    one, with ranges over every reader's samples (pooled_ranges.py); nothing without varied photos or
+    percentile calibration."""
+    if len(readers) < 2 or not percentile:
+        return {}
+    skip = set(excluded) | {output_conv(src)}
+    inner = [n.name for n in onnx.load(str(src)).graph.node if n.op_type == "Conv" and n.name not in skip]
+    overrides = pooled_overrides(src, inner, readers, percentile["CalibPercentile"], symmetric)
+    for tensor, (r,) in overrides.items():
+        log.info("%s: range [%.4g, %.4g] over the calibration and varied photos", tensor, r["rmin"], r["rmax"])
+    return {"TensorQuantOverrides": overrides}
 
 
 def float_convs(path) -> list:

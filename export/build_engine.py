@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambdas", type=float, nargs="+", default=[256.0, 2048.0])
     p.add_argument("--calibration-dir", type=Path, help="calibration photos (default: blades/dtu_nordtank)")
     p.add_argument("--calibration-count", type=int, default=32)
+    p.add_argument("--varied-dir", type=Path,
+                   help="varied photos pooled in for the inner Conv inputs' INT8 ranges (default: shared/data/train)")
+    p.add_argument("--no-varied", dest="varied", action="store_false",
+                   help="calibrate every INT8 range on the calibration photos alone")
     p.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT builder workspace limit")
     p.add_argument("--tflops", type=float, default=5.0,
                    help="sustained TFLOP/s assumed for the projected 20 MP time (default 5)")
@@ -122,14 +126,14 @@ def onnx_stages(args, model, report: dict) -> dict:
 
 
 def int8_stages(args, model, report, image, latent, table) -> Path:
-    from calibration.calibration_set import CalibrationSet
+    from calibration.calibration_set import CalibrationSet, varied_option
     from calibration.quantize import quantize_encoder
     from codec.onnx_export import export_int8_source
     from export import graph_checks, parity
 
     int8 = args.output_dir / "encoder.int8.onnx"
     cal = CalibrationSet(**({"folder": args.calibration_dir} if args.calibration_dir else {}),
-                         count=args.calibration_count)
+                         count=args.calibration_count, **varied_option(args.varied, args.varied_dir))
     # a model with an INT8-tuned image analysis (codec/quantisation_aware.py) is quantised from that one
     source = export_int8_source(model, args.output_dir) or image
     report["files"]["encoder_int8_source"] = str(source)

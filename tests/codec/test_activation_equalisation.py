@@ -40,7 +40,7 @@ def unbalanced_model():
 def photos(tmp_path_factory):
     d = tmp_path_factory.mktemp("equalisation_photos")
     make_photos(d, 6, 96, 128)
-    return CalibrationSet(d, count=6, crop=(96, 128))
+    return CalibrationSet(d, count=6, crop=(96, 128), varied=None)
 
 
 def test_rescaling_channels_keeps_the_function():

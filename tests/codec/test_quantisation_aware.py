@@ -103,9 +103,10 @@ def qdq_activation_scales(path) -> list:
 def test_it_computes_what_onnx_runtime_runs_in_the_qdq_graph(default_model, photo_dir, tmp_path):
     """The bundled model, quantised by the real calibration code on real files: the emulation picks the
     calibrator's activation scales and lands far closer to the INT8 graph's y1 than the float analysis does.
-    (Without the frame-edge channel rescaling of calibration/flat_field_ranges.py, which it does not model.)"""
+    (Without the frame-edge channel rescaling of calibration/flat_field_ranges.py and the pooled ranges of
+    calibration/pooled_ranges.py, which it does not model.)"""
     image_onnx, latent_onnx = export_stamped(default_model, tmp_path)
-    cal = CalibrationSet(photo_dir, count=8, crop=(96, 128))
+    cal = CalibrationSet(photo_dir, count=8, crop=(96, 128), varied=None)   # nor pooled ranges
     quantize_encoder(image_onnx, tmp_path / "encoder.int8.onnx", cal, fit_edges=False)
     net = NestedLatentCodec(default_model.torch_model.cfg)
     net.load_state_dict(default_model.torch_model.state_dict())

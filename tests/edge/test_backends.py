@@ -26,7 +26,8 @@ def graphs(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("edge_onnx")
     image, latent = export_stamped(tiny_model, out)
     int8 = out / "encoder.int8.onnx"
-    quantize_encoder(image, int8, CalibrationSet(need_data(DATA / "blades" / "dtu_nordtank"), 4, (128, 192)))
+    quantize_encoder(image, int8, CalibrationSet(need_data(DATA / "blades" / "dtu_nordtank"), 4, (128, 192),
+                                                 need_data(DATA / "train")))
     return {"fp32": image, "int8": int8, "latent": latent}
 
 

@@ -170,7 +170,8 @@ def test_build_engine_quantises_the_int8_analysis_when_the_model_has_one(tmp_pat
     out = tmp_path / "out"
     result = _run_script("--output-dir", str(out), "--model", str(tmp_path / "model.npz"), "--int8",
                          "--photos", str(photos), "--num-photos", "1", "--lambdas", "512",
-                         "--calibration-dir", str(photos), "--calibration-count", "4")
+                         "--calibration-dir", str(photos), "--calibration-count", "4",
+                         "--varied-dir", str(photos))
     assert result.returncode in (0, 3), result.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["files"]["encoder_int8_source"] == str(out / "encoder.qat.onnx")

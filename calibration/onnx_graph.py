@@ -2,6 +2,7 @@
 a session that returns inner tensors."""
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -34,8 +35,6 @@ def output_session(m: onnx.ModelProto, tensors):
 def tensor_values(session, tensors, readers) -> dict:
     """Tensor name -> every value it takes over the samples of each calibration reader, flattened into one
     array (session: output_session with those tensors); each reader is rewound after."""
-    import numpy as np
-
     values = {t: [] for t in tensors}
     for reader in readers:
         reader.rewind()

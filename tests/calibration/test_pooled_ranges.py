@@ -1,5 +1,7 @@
 """calibration/pooled_ranges.py: the inner Conv inputs' INT8 ranges over the calibration photos pooled with
 varied ones, and only theirs."""
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -21,7 +23,7 @@ def test_percentile_range_cuts_both_tails_or_mirrors_the_larger():
     assert np.isclose(hi, 2.96, atol=1e-3) and lo == -hi and lo.dtype == np.float32
 
 
-def _folder(tmp_path, name, pixels) -> CalibrationSet:
+def _folder(tmp_path, name, pixels) -> Path:
     folder = tmp_path / name
     folder.mkdir()
     for i, p in enumerate(pixels):
@@ -56,3 +58,24 @@ def test_varied_photos_widen_the_inner_ranges_and_leave_the_output_convs(default
     for inner in convs[:-1]:
         assert scales["pooled"][inner] > 1.2 * scales["alone"][inner], (inner, scales)
     assert scales["pooled"][convs[-1]] == scales["alone"][convs[-1]]
+
+
+def _qlinear_input_scales(graph) -> list:
+    """The input scale of each QLinearConv (the CPU graph's quantised Convs: all inner ones)."""
+    m = onnx.load(str(graph))
+    init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    return [float(init[n.input[1]]) for n in m.graph.node if n.op_type == "QLinearConv"]
+
+
+def test_the_cpu_graph_pools_its_inner_ranges_too(default_model, tmp_path):
+    image, _ = export_stamped(default_model, tmp_path)
+    dim = _folder(tmp_path, "dim", [(synthetic_image(112, 144, seed=s) // 4).astype(np.uint8) for s in range(4)])
+    busy = _folder(tmp_path, "busy", [synthetic_image(112, 144, seed=10 + s) for s in range(4)])
+    scales = {}
+    for name, varied in (("alone", None), ("pooled", busy)):
+        graph = tmp_path / f"{name}.onnx"
+        cal = CalibrationSet(dim, count=4, crop=(96, 128), varied=varied)
+        assert quantize_encoder(image, graph, cal, target="cpu")["passed"]
+        scales[name] = _qlinear_input_scales(graph)
+    assert len(scales["alone"]) == 2
+    assert all(p > 1.2 * a for p, a in zip(scales["pooled"], scales["alone"])), scales

@@ -55,7 +55,7 @@ class CalibrationSet:
         return {"folder": str(self.folder), "photos": [p.name for p in self.paths()],
                 "crop_hw": list(self.crop), "resize": "none (native resolution, centred crop)",
                 "lambdas": list(CALIBRATION_LAMBDAS),
-                "varied": self.varied_set().describe() if self.varied is not None else None}
+                "varied": varied.describe() if (varied := self.varied_set()) else None}
 
     def samples(self):
         """(x (1,3,h,w) float32 in [0,1], lam (1,) float32) per photo."""

@@ -109,11 +109,10 @@ def quantize_encoder(fp32_path, out_path, calibration_set: CalibrationSet | None
     if method not in methods:
         raise CodecError(f"unknown calibration method {method!r} ({', '.join(methods)})")
     calibration_set = calibration_set or CalibrationSet()
-    reader = make_reader(calibration_set)
     varied = calibration_set.varied_set()
-    pool = [reader, make_reader(varied)] if varied is not None else []
+    readers = [make_reader(s) for s in (calibration_set, varied) if s is not None]
     log.info("calibrating on %d photos (%s, for %s), %d varied ones pooled in for the inner Conv inputs",
-             len(reader), method, target, len(pool[1]) if pool else 0)
+             len(readers[0]), method, target, sum(len(r) for r in readers[1:]))
     common = dict(op_types_to_quantize=QUANTIZED_OPS, per_channel=True, reduce_range=False,
                   weight_type=QuantType.QInt8, calibrate_method=methods[method],
                   calibration_providers=["CPUExecutionProvider"])
@@ -123,9 +122,9 @@ def quantize_encoder(fp32_path, out_path, calibration_set: CalibrationSet | None
         # temporary `-inferred.onnx` file beside its input (two quantisations of one graph no longer collide)
         src = Path(tmp) / "encoder.onnx"
         if target == "tensorrt":
-            qdq_graph(fp32_path, src, out_path, pool or [reader], common, percentile, fit_edges)
+            qdq_graph(fp32_path, src, out_path, readers, common, percentile, fit_edges)
         else:
-            cpu_variant(fp32_path, src, out_path, pool or [reader], equalise, common, percentile, fit_edges)
+            cpu_variant(fp32_path, src, out_path, readers, equalise, common, percentile, fit_edges)
     _copy_metadata(fp32_path, out_path)
     return check_qdq(out_path) if target == "tensorrt" else check_cpu_graph(out_path)
 

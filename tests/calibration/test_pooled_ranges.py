@@ -40,19 +40,28 @@ def _input_scales(graph) -> dict:
             if n.op_type == "Conv" and n.input[0] in producer and producer[n.input[0]].op_type == "DequantizeLinear"}
 
 
+def _alone_and_pooled(default_model, tmp_path, busy_pixels, target: str, read_scales) -> dict:
+    """read_scales of the bundled model's graph for target, calibrated on dim smooth photos alone ("alone") and
+    with busy_pixels pooled in as the varied photos ("pooled")."""
+    image, _ = export_stamped(default_model, tmp_path)
+    dim = _folder(tmp_path, "dim", [(synthetic_image(112, 144, seed=s) // 4).astype(np.uint8) for s in range(4)])
+    busy = _folder(tmp_path, "busy", busy_pixels)
+    scales = {}
+    for name, varied in (("alone", None), ("pooled", busy)):
+        graph = tmp_path / f"{name}.onnx"
+        cal = CalibrationSet(dim, count=4, crop=(96, 128), varied=varied)
+        assert quantize_encoder(image, graph, cal, target=target)["passed"]
+        scales[name] = read_scales(graph)
+    return scales
+
+
 def test_varied_photos_widen_the_inner_ranges_and_leave_the_output_convs(default_model, tmp_path):
     """Calibrated on dim, smooth photos, the bundled model's Q/DQ graph gets wider inner Conv input ranges once
     bright busy photos are pooled in; the output Conv's input range (the levels of y1) stays the calibration
     photos' own."""
-    image, _ = export_stamped(default_model, tmp_path)
-    dim = _folder(tmp_path, "dim", [(synthetic_image(112, 144, seed=s) // 4).astype(np.uint8) for s in range(4)])
     rng = np.random.default_rng(0)
-    busy = _folder(tmp_path, "busy", [rng.integers(0, 256, (112, 144, 3), dtype=np.uint8) for _ in range(4)])
-    scales = {}
-    for name, varied in (("alone", None), ("pooled", busy)):
-        graph = tmp_path / f"{name}.onnx"
-        assert quantize_encoder(image, graph, CalibrationSet(dim, count=4, crop=(96, 128), varied=varied))["passed"]
-        scales[name] = _input_scales(graph)
+    noise = [rng.integers(0, 256, (112, 144, 3), dtype=np.uint8) for _ in range(4)]
+    scales = _alone_and_pooled(default_model, tmp_path, noise, "tensorrt", _input_scales)
     convs = list(scales["alone"])
     assert len(convs) == 3 and scales["pooled"].keys() == scales["alone"].keys()
     for inner in convs[:-1]:
@@ -68,14 +77,7 @@ def _qlinear_input_scales(graph) -> list:
 
 
 def test_the_cpu_graph_pools_its_inner_ranges_too(default_model, tmp_path):
-    image, _ = export_stamped(default_model, tmp_path)
-    dim = _folder(tmp_path, "dim", [(synthetic_image(112, 144, seed=s) // 4).astype(np.uint8) for s in range(4)])
-    busy = _folder(tmp_path, "busy", [synthetic_image(112, 144, seed=10 + s) for s in range(4)])
-    scales = {}
-    for name, varied in (("alone", None), ("pooled", busy)):
-        graph = tmp_path / f"{name}.onnx"
-        cal = CalibrationSet(dim, count=4, crop=(96, 128), varied=varied)
-        assert quantize_encoder(image, graph, cal, target="cpu")["passed"]
-        scales[name] = _qlinear_input_scales(graph)
+    bright = [synthetic_image(112, 144, seed=10 + s) for s in range(4)]
+    scales = _alone_and_pooled(default_model, tmp_path, bright, "cpu", _qlinear_input_scales)
     assert len(scales["alone"]) == 2
     assert all(p > 1.2 * a for p, a in zip(scales["pooled"], scales["alone"])), scales

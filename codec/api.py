@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import container, latent_coding, rate_search
-from .errors import BitstreamError, CodecError
+from .errors import BitstreamError, CodecError, UnknownModel
 from .imageio import Photo
 from .lambdas import GRID_SIZE, lambda_of_index
 from .rate_aware_rounding import DEFAULT_BETA, check_beta
@@ -120,8 +120,8 @@ def compress_latents(model: CodecModel, ys, photo: Photo, lambda_index: int, til
 def read_container(model: CodecModel, data: bytes) -> container.Container:
     c = container.read(data, model.alignment_of)
     if c.header.model_id != model.model_id:
-        raise BitstreamError(f"bitstream was made by model {c.header.model_id.hex()}, "
-                             f"this decoder has model {model.model_id.hex()}")
+        raise UnknownModel(f"bitstream was made by model {c.header.model_id.hex()}, "
+                           f"this decoder has model {model.model_id.hex()}")
     return c
 
 

@@ -71,6 +71,8 @@ class EdgeConfig(Strict):
     processed: Optional[Path] = Field(Path("sent"), description="originals moved here once spooled (kept "
                                       "for later refinement); null deletes them")
     poll_interval_s: float = Field(0.5, gt=0, le=60, description="inbox scan and loop period")
+    intake_retry_s: float = Field(30, gt=0, le=3600, description="after the encoder or the spool's disk failed, "
+                                  "wait this long before taking the next photo (acks and sending go on)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log verbosity")
     rate: Rate = Rate()
     spool_quota: Quota = Quota()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codec.errors import CodecError
+from codec.errors import CodecError, first_line
 from codec.imageio import Photo, read_photo
 from codec.runtime import CodecModel
 
@@ -22,7 +22,7 @@ from codec.service import sd_notify
 from codec.service.process import stop_on_signals
 
 from . import inbox, rate_policy, wire
-from .backends import select_backend
+from .backends import BackendError, select_backend
 from .mqtt_link import Link
 from .spool import Spool
 
@@ -43,6 +43,7 @@ class EdgeService:
         self.inflight: dict[str, tuple[int, float]] = {}   # image_id -> (connection generation, sent at)
         self.full = False
         self.last_size = 0
+        self.intake_paused_until = 0.0   # monotonic; set when the encoder or the disk failed
         self.stop = threading.Event()
 
     def _warm_up(self):
@@ -131,6 +132,8 @@ class EdgeService:
     # --- taking photos ---------------------------------------------------------------------------------
     def take_one_photo(self) -> bool:
         """Encode and spool the oldest ready photo. False when there was nothing to do (or no room)."""
+        if time.monotonic() < self.intake_paused_until:
+            return False
         ready = inbox.ready_photos(self.cfg.inbox)
         if not ready:
             return False
@@ -140,8 +143,15 @@ class EdgeService:
                       inbox.marker_of(path).name)
             inbox.drop(path, marker_only=True)
             return True
-        if not self._room_for(self.last_size):
+        if not self._may_encode():
             return False
+        try:
+            return self._take(path)
+        except OSError as e:   # the spool's or the processed folder's disk: full, read-only, unmounted
+            self._pause_intake(f"cannot file {path.name}: {e}")
+            return False
+
+    def _take(self, path: Path) -> bool:
         try:
             raw = path.read_bytes()
         except OSError as e:   # vanished or unreadable since it was listed; the camera's card still has it
@@ -152,8 +162,14 @@ class EdgeService:
         if self.spool.find(image_id) is None:
             if not self._encode_and_spool(path, image_id):
                 return True
-        self._finish_original(path)
+        self._finish_original(path, image_id)
         return True
+
+    def _pause_intake(self, reason: str):
+        """Leave the photo in the inbox and take none for a while; acks and sending go on meanwhile."""
+        wait = self.cfg.intake_retry_s
+        self.intake_paused_until = time.monotonic() + wait
+        log.error("%s; the photo stays in the inbox, trying again in %g s", reason, wait)
 
     def _encode_and_spool(self, path: Path, image_id: str) -> bool:
         t_detect = time.time()
@@ -162,8 +178,16 @@ class EdgeService:
             t0 = time.perf_counter()
             enc = self.rate.encode(photo)
             encode_ms = (time.perf_counter() - t0) * 1000
-        except CodecError as e:
-            self._set_aside_bad_input(path, e)
+        except (BackendError, RuntimeError, MemoryError) as e:   # the encoder failed (e.g. device out of memory)
+            self._pause_intake(f"the encoder failed on {path.name}: {type(e).__name__}: {first_line(e)}")
+            return False
+        except CodecError as e:   # the photo itself: unreadable, or a size the codec refuses
+            self._set_aside(path, image_id, f"cannot encode {path.name} ({e})")
+            return False
+        quota = self.cfg.spool_quota.max_bytes
+        if len(enc.data) > quota:   # it could never fit: waiting would block every photo behind it
+            self._set_aside(path, image_id, f"{path.name} encodes to {len(enc.data)} bytes, more than the whole "
+                                            f"spool (spool_quota.max_bytes {quota})")
             return False
         self.last_size = len(enc.data)
         if not self._room_for(len(enc.data)):
@@ -177,22 +201,30 @@ class EdgeService:
                  len(enc.data), enc.lambda_index, encode_ms, enc.tries)
         return True
 
-    def _set_aside_bad_input(self, path: Path, err: Exception):
+    def _set_aside(self, path: Path, image_id: str, reason: str):
         bad = self.cfg.inbox / "rejected"
         bad.mkdir(exist_ok=True)
-        path.replace(bad / path.name)
+        target = free_name(bad, path.name, image_id)
+        path.replace(target)
         inbox.drop(path, marker_only=True)
-        log.error("inbox: cannot encode %s (%s); moved to %s", path.name, err, bad)
+        log.error("inbox: %s; moved to %s", reason, target)
 
-    def _finish_original(self, path: Path):
+    def _finish_original(self, path: Path, image_id: str):
         if self.cfg.processed is not None:
             self.cfg.processed.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(path), str(self.cfg.processed / path.name))
+            shutil.move(str(path), str(free_name(self.cfg.processed, path.name, image_id)))
             inbox.drop(path, marker_only=True)
         else:
             inbox.drop(path)
 
     # --- spool quota -----------------------------------------------------------------------------------
+    def _may_encode(self) -> bool:
+        """Before encoding, whether the last photo's size would fit. drop_oldest deletes nothing on a guess (it
+        decides once the size is known), and an empty spool always gets a try."""
+        if self.cfg.spool_quota.when_full == "drop_oldest" or not self.spool.entries():
+            return True
+        return self._room_for(self.last_size)
+
     def _room_for(self, size: int) -> bool:
         if self.spool.fits(size):
             if self.full:
@@ -213,7 +245,7 @@ class EdgeService:
         while not self.spool.fits(size):
             entries = self.spool.entries()
             if not entries:
-                return False  # a single photo larger than the whole quota
+                return False  # cannot happen: larger photos are set aside before
             unsent = [e for e in entries if e.image_id not in self.inflight] or entries
             victim = unsent[0]
             self.spool.remove(victim)
@@ -221,6 +253,15 @@ class EdgeService:
             log.error("SPOOL FULL: dropped the oldest unsent photo %s (%d bytes) to take a new one",
                       victim.image_id, victim.size)
         return True
+
+
+def free_name(folder: Path, name: str, image_id: str) -> Path:
+    """folder/name, or the name tagged with the image id when another photo has it: cameras start again at
+    DJI_0001 on every card, and an earlier flight's original must not be overwritten."""
+    target = folder / name
+    if not target.exists():
+        return target
+    return folder / f"{target.stem}.{image_id[:12]}{target.suffix}"
 
 
 def install_signal_handlers(service: EdgeService):

@@ -47,7 +47,10 @@ class Spool:
 
     def _remove_torn(self):
         for meta in self.dir.glob("*.json"):
-            if not meta.with_suffix(".nlic").exists():
+            set_aside = self.rejected_dir / meta.name
+            if set_aside.with_suffix(".nlic").exists():
+                meta.replace(set_aside)   # a crash in the middle of set_aside
+            elif not meta.with_suffix(".nlic").exists():
                 log.warning("spool: removing %s left by a crash before its bitstream was written", meta.name)
                 meta.unlink(missing_ok=True)
         for tmp in self.dir.glob(".*.tmp*"):
@@ -78,8 +81,12 @@ class Spool:
     def add(self, image_id: str, data: bytes, meta: dict) -> Entry:
         seq = time.time_ns()
         path = self.dir / f"{seq:020d}-{image_id}.nlic"
-        write_bytes(path.with_suffix(".json"), json.dumps(meta, sort_keys=True).encode())
-        write_bytes(path, data)
+        try:
+            write_bytes(path.with_suffix(".json"), json.dumps(meta, sort_keys=True).encode())
+            write_bytes(path, data)
+        except OSError:
+            path.with_suffix(".json").unlink(missing_ok=True)   # no entry rather than a torn one
+            raise
         return Entry(seq, image_id, path, len(data))
 
     def remove(self, entry: Entry) -> None:
@@ -91,6 +98,8 @@ class Spool:
         """Move an entry the ground rejected out of the send queue, keeping it for inspection."""
         self.rejected_dir.mkdir(exist_ok=True)
         target = self.rejected_dir / entry.path.name
-        entry.meta_path.replace(target.with_suffix(".json"))
+        # The bitstream first, so that the entry stops being sent at once; a crash before its metadata follows
+        # leaves that .json for _remove_torn to move after it.
         entry.path.replace(target)
+        entry.meta_path.replace(target.with_suffix(".json"))
         return target

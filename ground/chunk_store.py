@@ -89,15 +89,20 @@ class ChunkStore:
         return time.time() - newest
 
     def total_bytes(self) -> int:
+        return sum(self.stored_bytes(folder.name) for folder in self.dir.iterdir())
+
+    def stored_bytes(self, key: str) -> int:
+        """Bytes of the transfer's finished chunks; 0 once another daemon has removed it."""
         total = 0
-        for folder in self.dir.iterdir():
-            for p in folder.iterdir():
-                if not CHUNK_RE.match(p.name):
-                    continue
-                try:
-                    total += p.stat().st_size
-                except FileNotFoundError:
-                    pass
+        try:
+            names = [p for p in (self.dir / key).iterdir() if CHUNK_RE.match(p.name)]
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+        for p in names:
+            try:
+                total += p.stat().st_size
+            except FileNotFoundError:
+                pass
         return total
 
     @contextmanager

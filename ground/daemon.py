@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from codec import api
-from codec.errors import CodecError
+from codec.errors import CodecError, UnknownModel
 from codec.imageio import Photo
 from codec.lambdas import lambda_of_index
 from codec.runtime import CodecModel
@@ -37,6 +37,10 @@ class Incomplete(Exception):
     """A transfer that looked complete but lost a chunk file (e.g. removed by a late duplicate's cleanup)."""
 
 
+class Held(Exception):
+    """A sound photo this station cannot decode (another model): kept unacked until a station that can takes it."""
+
+
 REACK_PERIOD_S = 2.0
 
 
@@ -49,6 +53,9 @@ class GroundDaemon:
         self.catalog = Catalog(cfg.catalog)
         self.archive = Archive(cfg.archive, cfg.reconstruction)
         self.work: queue.Queue = queue.Queue()
+        self.queued: set[str] = set()       # transfer keys in `work`: a backlog is queued once, not per scan
+        self.queued_lock = threading.Lock()  # take_chunk runs in paho's thread
+        self.held: set[str] = set()         # transfers of another model; this process can never decode them
         self.partial_bytes = self.store.total_bytes()
         self.last_ack: dict[str, float] = {}
         self.stop = threading.Event()
@@ -72,7 +79,14 @@ class GroundDaemon:
             return
         if self.store.put(info, payload):
             self.partial_bytes += len(payload)
-        self.work.put((info.key, info.site, info.drone, info.image_id))
+        self._enqueue((info.key, info.site, info.drone, info.image_id))
+
+    def _enqueue(self, job):
+        with self.queued_lock:
+            if job[0] in self.queued or job[0] in self.held:
+                return
+            self.queued.add(job[0])
+        self.work.put(job)
 
     # --- main loop --------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -91,6 +105,8 @@ class GroundDaemon:
             except queue.Empty:
                 job = None
             if job:
+                with self.queued_lock:
+                    self.queued.discard(job[0])   # a chunk arriving from now on queues it again
                 self._handle_safely(job)
             if time.monotonic() >= next_scan:
                 self.scan()
@@ -106,7 +122,7 @@ class GroundDaemon:
         for key in self.store.keys():
             meta = self.store.meta(key)
             if meta and self.store.is_complete(key):
-                self.work.put((key, meta["site"], meta["drone"], meta["image_id"]))
+                self._enqueue((key, meta["site"], meta["drone"], meta["image_id"]))
             elif self.store.idle_s(key) > self.cfg.partial_expiry_s:
                 self._expire(key, meta)
         self.partial_bytes = self.store.total_bytes()
@@ -149,6 +165,11 @@ class GroundDaemon:
                 sha = self.archive_one(key, meta)
             except Incomplete:
                 return
+            except Held as e:
+                self.held.add(key)
+                log.error("holding photo %s from %s/%s unacked: %s; the drone keeps it and resends, and a "
+                          "station with that model (ground.yaml model:) archives it", image_id, site, drone, e)
+                return
             except wire.Rejected as e:
                 log.error("rejected photo %s from %s/%s: %s", image_id, site, drone, e)
                 self.link.ack(site, drone, {"image_id": image_id, "status": "rejected", "reason": str(e)})
@@ -170,6 +191,9 @@ class GroundDaemon:
 
     def archive_one(self, key: str, meta: dict) -> str:
         t_received = time.time()
+        stored = self.store.stored_bytes(key)
+        if stored > meta["size"]:   # checked before reading: a hostile count must not size a buffer
+            raise wire.Rejected(f"chunks hold {stored} bytes, the edge declared {meta['size']}")
         data = self.store.assemble(key, meta)
         if data is None:
             raise Incomplete(key)
@@ -208,6 +232,8 @@ class GroundDaemon:
     def _parse(self, data: bytes):
         try:
             c = api.read_container(self.model, data)
+        except UnknownModel as e:
+            raise Held(str(e)) from None
         except CodecError as e:
             raise wire.Rejected(f"container: {e}") from None
         h, lim = c.header, self.cfg.limits

@@ -3,7 +3,7 @@
 `python -m ground.refinement_jobs --config ground.yaml [--originals DIR] [--once]` runs beside the live
 daemon, in its own process (so it never blocks live decoding; its systemd unit runs it at low CPU weight).
 For every catalogued photo it refines the latents, from the original when the operator has synced the
-drone's card into the originals folder (matched by image id, original file name or capture time),
+drone's card into the originals folder (matched by content, then file name or capture time),
 otherwise from the received reconstruction, and writes <image_id>.refined.nlic beside the archived
 bitstream, a "refinement" block in the JSON sidecar, and a row in the catalog's `refinements` table.
 
@@ -13,6 +13,7 @@ a process that died; it goes back to pending, so a restarted job continues where
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -110,27 +111,37 @@ class JobQueue:
 
 
 class OriginalsIndex:
-    """Originals synced from the drone's card, found by image id, original file name or capture time."""
+    """Originals synced from the drone's card. Found by content first: the image id is the first 32 hex digits
+    of the original file's SHA-256 (edge/service.py). Then by the file name (or a name equal to the image id),
+    or by capture time for a photo whose name is unknown, as long as nothing known contradicts the match:
+    cameras start again at DJI_0001 on every card, and another flight's DJI_0001 must not be refined into
+    this photo's archive."""
 
     def __init__(self, folder: Optional[Path]):
-        self.by_stem, self.by_time = {}, {}
+        self.by_hash, self.by_name, self.by_time, self.capture = {}, {}, {}, {}
         if folder is None or not Path(folder).is_dir():
             return
         for path in list_images(folder):
-            self.by_stem.setdefault(path.stem, path)
-            self.by_stem.setdefault(path.name, path)
+            self.by_hash.setdefault(hashlib.sha256(path.read_bytes()).hexdigest()[:32], path)
+            self.by_name.setdefault(path.stem, path)
+            self.by_name.setdefault(path.name, path)
             try:
-                capture = exif_info.read(read_photo(path).exif).get("capture_time")
+                self.capture[path] = exif_info.read(read_photo(path).exif).get("capture_time")
             except CodecError:
                 continue
-            if capture:
-                self.by_time.setdefault(capture, path)
+            if self.capture[path]:
+                self.by_time.setdefault(self.capture[path], path)
 
     def find(self, job: dict) -> Optional[Path]:
-        for key in (job["image_id"], job.get("name") or "", Path(job.get("name") or "").stem):
-            if key and key in self.by_stem:
-                return self.by_stem[key]
-        return self.by_time.get(job.get("capture_time")) if job.get("capture_time") else None
+        found = self.by_hash.get(job["image_id"]) or self.by_name.get(job["image_id"])
+        if found is not None:
+            return found
+        name, taken = job.get("name") or "", job.get("capture_time")
+        for key in (name, Path(name).stem):
+            path = self.by_name.get(key) if key else None
+            if path is not None and (taken is None or self.capture.get(path) in (None, taken)):
+                return path
+        return self.by_time.get(taken) if taken and not name else None
 
 
 def source_photo(job: dict, originals: OriginalsIndex) -> tuple[str, Path, Photo]:

@@ -25,12 +25,16 @@ def temp_name(path: Path) -> Path:
 def write_bytes(path, data: bytes, sync: bool = True) -> None:
     path = Path(path)
     tmp = temp_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if sync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)   # a full disk must not also keep the half-written copy
+        raise
     if sync:
         fsync_dir(path.parent)
 

@@ -41,7 +41,7 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 def check_id(value: str) -> str:
     """Drone, site and station ids become topic levels and folder names: keep them plain."""
-    if not ID_RE.match(value):
+    if not ID_RE.fullmatch(value):   # match() would let a trailing newline through
         raise ValueError("must be 1-64 letters, digits, '_', '.', '-' starting with a letter or digit")
     return value
 

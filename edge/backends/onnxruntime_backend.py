@@ -10,6 +10,8 @@ import os
 import shutil
 from pathlib import Path
 
+from codec.errors import first_line
+
 from . import BackendError, register
 
 log = logging.getLogger("edge.backends")
@@ -49,8 +51,7 @@ def open_session(ort, path, providers: list, threads: int = 0):
     try:
         return ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BackendError(f"{path}: not a usable ONNX model ({first[:200]})") from None
+        raise BackendError(f"{path}: not a usable ONNX model ({first_line(e)})") from None
 
 
 def check_graph(session, path, model, inputs: tuple, what: str):
@@ -108,7 +109,28 @@ class OnnxRuntimeBackend:
 
     def transforms(self, lam: float):
         from codec.onnx_export import OrtTransforms
-        return OrtTransforms(self.image_session, self.latent_session, lam)
+        return CheckedTransforms(OrtTransforms(self.image_session, self.latent_session, lam), self.image_path)
+
+
+class CheckedTransforms:
+    """ONNX Runtime's own exceptions (out of memory, a shape the graph refuses) derive from no Python error
+    type the service could tell from a bug: they leave as BackendError, the encoder's fault, not the photo's."""
+
+    def __init__(self, inner, path):
+        self.inner, self.path = inner, path
+
+    def image(self, x):
+        return self._run(self.inner.image, x)
+
+    def latent(self, y1):
+        return self._run(self.inner.latent, y1)
+
+    def _run(self, fn, arr):
+        try:
+            return fn(arr)
+        except Exception as e:
+            raise BackendError(f"{self.path}: ONNX Runtime failed on an input of shape {arr.shape} "
+                               f"({first_line(e)})") from None
 
 
 def _op_types(path) -> set:

@@ -17,6 +17,8 @@ from tests.conftest import PROJECT_ROOT as ROOT, config_error
     ("rate:\n  mode: sometimes\n", "rate.mode (line 2): Input should be 'fixed' or 'budget'"),
     ("spool_quota:\n  when_full: panic\n", "spool_quota.when_full (line 2)"),
     ("drone: ../escape\n", "drone (line 1): Value error, must be 1-64 letters"),
+    ('drone: "d1\\n"\n', "drone (line 1): Value error, must be 1-64 letters"),   # a trailing newline
+    ("intake_retry_s: 0\n", "intake_retry_s (line 1): Input should be greater than 0"),
     ("drone: [unclosed\n", "not valid YAML"),
     ("- just\n- a list\n", "the top level must be a mapping"),
     ("backend:\n  engine: /nonexistent/engines\n", "backend.engine (line 2): Value error, /nonexistent/engines does not exist"),

@@ -27,6 +27,17 @@ def test_entries_are_oldest_first_and_torn_ones_are_cleaned(tmp_path):
     assert s.entries() == []
 
 
+def test_a_crash_in_the_middle_of_set_aside_keeps_the_metadata_with_the_bitstream(tmp_path):
+    s = Spool(tmp_path, max_bytes=10_000, max_files=10)
+    entry = s.add("d" * 32, b"rejected by the ground", {"name": "d"})
+    s.rejected_dir.mkdir()
+    entry.path.replace(s.rejected_dir / entry.path.name)   # set_aside's first step; the process dies here
+    s = Spool(tmp_path, max_bytes=10_000, max_files=10)
+    assert s.entries() == []
+    assert json.loads((s.rejected_dir / entry.meta_path.name).read_text()) == {"name": "d"}
+    assert (s.rejected_dir / entry.path.name).read_bytes() == b"rejected by the ground"
+
+
 def _edge(tmp_path, model_path, quota: dict):
     cfg = write_yaml(tmp_path / "edge.yaml", {
         "model": model_path, "inbox": tmp_path / "inbox", "spool": tmp_path / "spool", "processed": None,

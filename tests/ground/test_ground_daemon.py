@@ -183,3 +183,62 @@ def test_incomplete_transfer_expires_with_a_log_line(station):
     assert wait_until(lambda: "expired incomplete transfer" in log.text, 15), log.text
     assert f"1 of {len(items)} chunks" in log.text
     assert wait_until(lambda: not list((tmp / "state" / "partial").iterdir()), 5)
+
+
+def test_chunks_of_one_photo_split_two_ways_do_not_mix(station):
+    """The edge re-splits a photo when the broker's packet limit changes between sends."""
+    pub, daemon, log = station["pub"], station["daemon"], station["log"]
+    data, image_id = _photo_bytes(station["model"], 6), "c" * 32
+    narrow, wide = pub.chunks(data, image_id, max_packet=600), pub.chunks(data, image_id, max_packet=1500)
+    assert len(narrow) > len(wide) >= 2
+    pub.send(narrow[:1] + wide)
+    assert wait_until(lambda: pub.ack_for(image_id), 20), log.text
+    assert [a["status"] for a in pub.ack_for(image_id)] == ["archived"]
+    assert [r["image_id"] for r in Catalog(daemon.cfg.catalog).rows()] == [image_id]
+    assert wait_until(lambda: "expired incomplete transfer" in log.text, 15), log.text   # the narrow split's
+
+
+def test_an_empty_chunk_is_refused(station):
+    pub, log = station["pub"], station["log"]
+    topic, item = pub.chunks(_photo_bytes(station["model"], 7), "d" * 32)[0]
+    pub.c.publish(topic, b"", qos=1, properties=item.props).wait_for_publish(5)
+    assert wait_until(lambda: "empty chunk" in log.text, 10), log.text
+    assert not list((station["tmp"] / "state" / "partial").iterdir())
+
+
+def test_a_photo_of_another_model_is_held_for_a_station_that_has_that_model(station, context_model):
+    """A deployment mismatch (the drone flies a newer model) is no fault of the photo: no reject, the chunks
+    stay, and a station running that model (here a second daemon of the group) archives it."""
+    pub, daemon, log, tmp = station["pub"], station["daemon"], station["log"], station["tmp"]
+    image_id = "e" * 32
+    items = pub.chunks(_photo_bytes(context_model, 8), image_id)
+    pub.send(items)
+    assert wait_until(lambda: "holding photo " + image_id in log.text, 20), log.text
+    pub.send(items)                            # the drone's resend changes nothing
+    time.sleep(1.5)
+    assert pub.ack_for(image_id) == [] and log.text.count("holding photo") == 1
+    assert Catalog(daemon.cfg.catalog).rows() == [] and list((tmp / "state" / "partial").iterdir())
+    upgraded = GroundDaemon(daemon.cfg.model_copy(update={"model": context_model.path}))
+    runner = threading.Thread(target=upgraded.run, daemon=True)
+    runner.start()
+    try:
+        assert wait_until(lambda: pub.ack_for(image_id), 30), log.text
+    finally:
+        upgraded.stop.set()
+        runner.join(20)
+    assert [a["status"] for a in pub.ack_for(image_id)] == ["archived"]
+    assert [r["model_id"] for r in Catalog(daemon.cfg.catalog).rows()] == [context_model.model_id.hex()]
+
+
+def test_chunks_holding_more_than_the_declared_size_are_refused_before_they_are_read(station):
+    pub, log = station["pub"], station["log"]
+    data, image_id = _photo_bytes(station["model"], 9), "f" * 32
+    items = pub.chunks(data + data, image_id, sha=hashlib.sha256(data).hexdigest())
+    for _, chunk in items:   # every chunk claims the photo is half as large as what they carry together
+        props = dict(chunk.props.UserProperty)
+        props["size"] = str(len(data))
+        chunk.props.UserProperty = list(props.items())
+    pub.send(items)
+    assert wait_until(lambda: pub.ack_for(image_id), 20), log.text
+    ack = pub.ack_for(image_id)[0]
+    assert ack["status"] == "rejected" and f"chunks hold {2 * len(data)} bytes" in ack["reason"]

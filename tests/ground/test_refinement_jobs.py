@@ -1,5 +1,6 @@
 """Archival refinement jobs on a real archive and SQLite catalog: originals matched, reconstruction as the
 fallback, standard bitstreams written beside the archived ones, and a crashed job resumed."""
+import hashlib
 import json
 import threading
 
@@ -13,18 +14,18 @@ from ground.refinement_jobs import JobQueue, RefinementSettings, run
 from tests.conftest import synthetic_image
 
 
-def archive_photos(tmp_path, model, n=3):
+def archive_photos(tmp_path, model, n=3, ids=None, capture_time=None):
     archive, catalog = Archive(tmp_path / "archive"), Catalog(tmp_path / "catalog.sqlite")
     originals = []
     for i in range(n):
         pixels = synthetic_image(64, 80, seed=20 + i)
         enc = api.compress(model, Photo(pixels), 120, tile_px=128)
         recon = api.decompress(model, enc.data)
-        image_id = f"img{i:03d}"
+        image_id = ids[i] if ids else f"img{i:03d}"
         folder = archive.folder("site1", "drone1", "2026-11-22")
         row = {"drone": "drone1", "image_id": image_id, "site": "site1", "sha256": "0" * 64, "bytes": len(enc.data),
                "width": 80, "height": 64, "lambda_index": 120, "lambda": 0.0, "bpp": 0.0,
-               "model_id": model.model_id.hex(), "capture_time": None, "name": f"DJI_{i:04d}.JPG",
+               "model_id": model.model_id.hex(), "capture_time": capture_time, "name": f"DJI_{i:04d}.JPG",
                "ground_id": "g", "t_archived": 0.0}
         row.update(archive.write(folder, image_id, enc.data, recon, {"image_id": image_id}))
         assert catalog.add(row)
@@ -52,6 +53,25 @@ def test_refines_from_originals_and_reconstructions(tmp_path, tiny_model):
         sidecar = json.loads(open(r["refined_path"].replace(".refined.nlic", ".json")).read())
         assert sidecar["refinement"]["source"] == r["source"]
         assert sidecar["image_id"] == image_id
+
+
+def test_an_original_is_found_by_its_content_and_another_flights_namesake_is_not_used(tmp_path, tiny_model):
+    """The edge names a photo by its file's SHA-256; cameras reuse DJI_0001 on every card."""
+    synced = tmp_path / "card"
+    synced.mkdir()
+    Image.fromarray(synthetic_image(64, 80, seed=20)).save(synced / "renamed_by_the_operator.png")
+    content_id = hashlib.sha256((synced / "renamed_by_the_operator.png").read_bytes()).hexdigest()[:32]
+    catalog, _ = archive_photos(tmp_path, tiny_model, n=2, ids=[content_id, "b" * 32],
+                                capture_time="2026-05-04T10:11:12")
+    other_flight = Image.Exif()
+    other_flight[0x0132] = "2026:06:01 09:00:00"
+    Image.fromarray(synthetic_image(64, 80, seed=99)).save(synced / "DJI_0001.jpg", exif=other_flight)
+    run(catalog, tiny_model, RefinementSettings(originals=synced, steps=2, time_budget_s=60), threading.Event(),
+        once=True)
+    rows = {r["image_id"]: r for r in JobQueue(catalog).rows()}
+    assert rows[content_id]["source"] == "original"
+    assert rows[content_id]["source_path"].endswith("renamed_by_the_operator.png")
+    assert rows["b" * 32]["source"] == "reconstruction"      # same name, taken on another day: not this photo
 
 
 def test_a_job_left_running_by_a_dead_process_is_resumed(tmp_path, tiny_model):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from codec.errors import CodecError
+from codec.service.atomic_files import write_bytes
 
 
 def build_parser():
@@ -56,11 +57,14 @@ def main(argv=None) -> int:
             from .rd_cost import DEFAULT_DATA, measure
             result = measure(CodecModel.load(args.model), args.onnx_dir, args.data or DEFAULT_DATA,
                              args.max_images, tuple(args.lambdas), args.threads, args.int8_graph)
-            if args.out:
-                args.out.write_text(json.dumps(result, indent=1))
-        print(json.dumps(result, indent=1))
-    except CodecError as e:
+        print(json.dumps(result, indent=1))   # before --out: a bad --out path must not lose a long measurement
+        if args.command == "rd" and args.out:
+            write_bytes(args.out, json.dumps(result, indent=1).encode())
+    except (CodecError, ValueError) as e:   # ValueError: an argument out of range, e.g. a λ off the grid
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
         return 1
     return 0 if result.get("passed", result.get("within_target", True)) else 1
 

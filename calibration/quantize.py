@@ -47,6 +47,8 @@ import onnx
 from onnx import numpy_helper
 
 from codec.errors import CodecError
+from codec.onnx_export import load_graph
+from codec.service.atomic_files import write_bytes
 
 from .calibration_set import CalibrationSet, make_reader
 from .channel_equalisation import channel_ranges, divide_outputs, fold_into_dequantize
@@ -99,8 +101,7 @@ def quantize_encoder(fp32_path, out_path, calibration_set: CalibrationSet | None
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    if not fp32_path.is_file():
-        raise CodecError(f"{fp32_path}: no such ONNX file")
+    load_graph(fp32_path, load_external_data=False)   # one line, not a protobuf traceback, for a wrong file
     if target not in TARGETS:
         raise CodecError(f"unknown quantisation target {target!r} ({', '.join(TARGETS)})")
     method = method or DEFAULT_METHOD[target]
@@ -120,13 +121,17 @@ def quantize_encoder(fp32_path, out_path, calibration_set: CalibrationSet | None
     with tempfile.TemporaryDirectory() as tmp:
         # quantised from a copy in a scratch folder: the copy is rewritten, and quantize_static writes a
         # temporary `-inferred.onnx` file beside its input (two quantisations of one graph no longer collide)
-        src = Path(tmp) / "encoder.onnx"
+        src, work = Path(tmp) / "encoder.onnx", Path(tmp) / "encoder.int8.onnx"
         if target == "tensorrt":
-            qdq_graph(fp32_path, src, out_path, readers, common, percentile, fit_edges)
+            qdq_graph(fp32_path, src, work, readers, common, percentile, fit_edges)
         else:
-            cpu_variant(fp32_path, src, out_path, readers, equalise, common, percentile, fit_edges)
-    _copy_metadata(fp32_path, out_path)
-    return check_qdq(out_path) if target == "tensorrt" else check_cpu_graph(out_path)
+            cpu_variant(fp32_path, src, work, readers, equalise, common, percentile, fit_edges)
+        _copy_metadata(fp32_path, work)
+        report = check_qdq(work) if target == "tensorrt" else check_cpu_graph(work)
+        # Written whole at the end: -o may name the FP32 input, and a failed pass must not leave an
+        # unstamped half-made graph under the final name.
+        write_bytes(out_path, work.read_bytes())
+    return report
 
 
 def qdq_graph(fp32_path, src, out_path, readers, common: dict, percentile: dict, fit_edges: bool):

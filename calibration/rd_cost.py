@@ -19,7 +19,7 @@ from codec.data import list_images
 from codec.errors import CodecError
 from codec.imageio import read_photo
 from codec.lambdas import index_of_lambda, lambda_of_index
-from codec.onnx_export import OrtTransforms
+from codec.onnx_export import OrtTransforms, check_stamp
 from codec.tiling import WINDOW_PX
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +66,7 @@ def measure(model, onnx_dir, data=DEFAULT_DATA, max_images=10, lambdas=(64, 256,
     for p in list(graphs.values()) + [latent]:
         if not p.is_file():
             raise CodecError(f"{p}: not found (run export/build_engine.py --int8 --output-dir {onnx_dir})")
+        check_stamp(p, model)
     paths = spread(list_images(data), max_images)
     if not paths:
         raise CodecError(f"{data}: no photos")

@@ -178,6 +178,6 @@ def compress_to_budget(model: CodecModel, photo: Photo, max_bytes: int, transfor
 
 
 def bytes_for_bpp(bpp: float, width: int, height: int) -> int:
-    if not bpp > 0:
-        raise CodecError(f"bits per pixel must be positive, got {bpp}")
+    if not 0 < bpp < 1e6:   # also refuses inf and nan
+        raise CodecError(f"bits per pixel must be a positive number, got {bpp}")
     return int(math.floor(bpp * width * height / 8))

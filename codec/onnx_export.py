@@ -114,6 +114,29 @@ def stamp_model_id(path, model_id: bytes):
     onnx.save(m, str(path))
 
 
+def load_graph(path, load_external_data: bool = True):
+    """onnx.load, with one line instead of protobuf's DecodeError when the file is not a graph."""
+    import onnx
+
+    from .errors import CodecError, first_line
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except FileNotFoundError:
+        raise CodecError(f"{path}: no such ONNX file") from None
+    except Exception as e:   # protobuf's DecodeError and friends
+        raise CodecError(f"{path}: not an ONNX graph ({first_line(e)})") from None
+
+
+def check_stamp(path, model) -> None:
+    """Refuse a graph stamped with another model's id: its latents would be coded under this model's priors."""
+    from .errors import CodecError
+    props = load_graph(path, load_external_data=False).metadata_props
+    stamped = next((p.value for p in props if p.key == MODEL_ID_KEY), None)
+    if stamped is not None and stamped != model.model_id.hex():
+        raise CodecError(f"{path}: exported from model {stamped}, not from {model.model_id.hex()} "
+                         "(export the graphs again from this model)")
+
+
 def export_stamped(model, out_dir) -> tuple[Path, Path]:
     """export_analysis for a loaded CodecModel, both graphs stamped with its model id."""
     paths = export_analysis(model.torch_model, out_dir)

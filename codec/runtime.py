@@ -74,6 +74,16 @@ class CodecModel:
             raise CodecError(f"bitstream has {levels} latent levels, the model has {self.cfg.levels}")
         return self.cfg.alignment
 
+    def _load_state(self, module, state: dict):
+        """load_state_dict, with one line naming the file when its float weights do not fit its config."""
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as e:   # missing, unexpected or mis-shaped arrays: torch lists them over pages
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            detail = lines[1] if len(lines) > 1 else (lines or [""])[0]   # the first line only names the class
+            raise CodecError(f"{self.path}: its float weights do not fit the model its config describes "
+                             f"({detail[:200]})") from None
+
     @cached_property
     def torch_model(self):
         """The float network (analysis and synthesis), loaded on first use."""
@@ -81,7 +91,7 @@ class CodecModel:
         from .model import NestedLatentCodec
 
         net = NestedLatentCodec(self.cfg)
-        net.load_state_dict(weights.float_state_dict(self._arrays))
+        self._load_state(net, weights.float_state_dict(self._arrays))
         if net.top_prior is not None:   # the exact indices, not their float16 copy
             net.top_prior.set_index(self.top_index)
         use_elementwise_gdns(net)
@@ -101,7 +111,7 @@ class CodecModel:
         if not state:
             return None
         image = ImageAnalysis(self.cfg)
-        image.load_state_dict(state)
+        self._load_state(image, state)
         use_elementwise_gdns(image)
         for p in image.eval().parameters():
             p.requires_grad_(False)

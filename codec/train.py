@@ -22,7 +22,7 @@ import yaml
 
 from .activation_equalisation import undo_equalisation
 from .data import CropSampler, list_images, spread
-from .errors import CodecError
+from .errors import CodecError, first_line
 from .imageio import read_rgb
 from .lambdas import LAMBDA_MAX, LAMBDA_MIN
 from .layers import SimplifiedGDN, use_elementwise_gdns
@@ -196,13 +196,24 @@ class Distiller:
         return extra, float(align), float(recon.mean())
 
 
+def _load_checkpoint(path: Path) -> dict:
+    # weights_only=False: the checkpoint keeps Python RNG states. Only this project's own run folders are
+    # meant here; unpickling runs code, so never point it at a .pt from elsewhere.
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception as e:   # pickle's and zipfile's errors on a file that is not a checkpoint
+        raise CodecError(f"{path}: not a training checkpoint ({type(e).__name__}: {first_line(e)})") from None
+
+
 def load_float(path) -> tuple[NestedLatentCodec, dict]:
     """A float model from a training checkpoint (.pt: its weight average when it keeps one) or a model file,
     with a model file's INT8 equalisation undone: the weights training had, so that exporting it again
     equalises and floors γ as the current rule does, not on top of an earlier export's scales."""
     path = Path(path)
+    if not path.is_file():
+        raise CodecError(f"{path}: no such file")
     if path.suffix == ".pt":
-        state = torch.load(path, weights_only=False)
+        state = _load_checkpoint(path)
         net = NestedLatentCodec(ModelConfig.from_dict(state["model_config"]))
         net.load_state_dict(state.get("ema") or state["model"])
         info = {"step": state["step"]}
@@ -414,7 +425,7 @@ def restore_random_states(state: dict, sampler):
 def _load_state(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
     ckpt = run_dir / "last.pt"
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = _load_checkpoint(ckpt)
         load_optimiser(opt, state["opt"], bool(load_weights(model, state["model"])))
         restore_random_states(state, sampler)
         log.info("resumed from %s at step %d", ckpt, state["step"])

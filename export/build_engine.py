@@ -165,8 +165,11 @@ def engine_stage(args, model, report: dict, graphs: dict) -> bool:
 
 def run(args) -> int:
     from codec.runtime import CodecModel
+    from codec.service.atomic_files import write_bytes
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    # An earlier run's report must not outlive a run that fails before writing its own.
+    (args.output_dir / "report.json").unlink(missing_ok=True)
     model = CodecModel.load(args.model)
     report = {"model": str(model.path), "model_id": model.model_id.hex(), "int8": args.int8,
               "max_size_hw": list(args.max_size), "checks": {}}
@@ -179,7 +182,7 @@ def run(args) -> int:
         built = False
         report["engine"] = {"built": False, "reason": "not attempted: a check failed"}
     report["passed"] = checks_ok
-    (args.output_dir / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    write_bytes(args.output_dir / "report.json", json.dumps(report, indent=1, default=str).encode())
     status = EXIT_FAILED if not checks_ok else (EXIT_OK if built else EXIT_NO_ENGINE)
     print(summary(report, args.output_dir, status))
     return status

@@ -7,7 +7,7 @@ from onnx import numpy_helper
 from calibration.calibration_set import CALIBRATION_LAMBDAS, VARIED_DIR, CalibrationSet, centre_crop
 from calibration.onnx_graph import producers
 from calibration.quantize import check_qdq, quantize_encoder
-from calibration.rd_cost import bd_psnr
+from calibration.rd_cost import bd_psnr, measure
 from codec import api
 from codec.errors import CodecError
 from codec.imageio import read_photo
@@ -114,6 +114,22 @@ def test_int8_bitstreams_decode_on_the_ground(default_model, int8_default):
 def test_quantize_refuses_a_missing_graph(tmp_path):
     with pytest.raises(CodecError, match="no such ONNX file"):
         quantize_encoder(tmp_path / "missing.onnx", tmp_path / "out.onnx")
+    (tmp_path / "text.onnx").write_text("not a graph")
+    with pytest.raises(CodecError, match="not an ONNX graph"):
+        quantize_encoder(tmp_path / "text.onnx", tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_quantizing_a_graph_onto_itself_keeps_it_whole_and_stamped(tiny_model, tmp_path):
+    """-o may name the input: the FP32 graph is read to the end before the INT8 one replaces it."""
+    image, _ = export_stamped(tiny_model, tmp_path)
+    make_photos(tmp_path / "cal", 2, h=64, w=96)
+    result = quantize_encoder(image, image, CalibrationSet(tmp_path / "cal", count=2, varied=None))
+    assert result["passed"], result["problems"]
+    graph = onnx.load(str(image))
+    assert any(n.op_type == "QuantizeLinear" for n in graph.graph.node)
+    assert {p.key: p.value for p in graph.metadata_props}[MODEL_ID_KEY] == tiny_model.model_id.hex()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cal", "encoder.onnx", "encoder_latent.onnx"]
 
 
 def test_bd_psnr():
@@ -284,3 +300,11 @@ def test_qdq_graph_codes_blade_photos_close_to_fp32_at_the_top_rate(default_mode
     the widest)."""
     losses = top_rate_losses(default_model, tmp_path, "tensorrt")
     assert np.mean(losses) < 1.0, losses
+
+
+def test_rd_refuses_graphs_exported_from_another_model(tiny_model, context_model, tmp_path):
+    image, _ = export_stamped(tiny_model, tmp_path)
+    (tmp_path / "encoder.int8.onnx").write_bytes(image.read_bytes())
+    make_photos(tmp_path / "photos", 1)
+    with pytest.raises(CodecError, match=f"exported from model {tiny_model.model_id.hex()}"):
+        measure(context_model, tmp_path, tmp_path / "photos", max_images=1, lambdas=(64,))

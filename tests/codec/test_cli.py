@@ -102,6 +102,9 @@ def test_byte_budget_is_met(tmp_path, default_model):
     (["compress", "{src}", "-o", "x.nlic", "--lambda", "100", "--model", "{src}"], "not a valid model"),
     (["info", "{src}"], "magic"),
     (["compress", "{src}", "-o", "/nonexistent/dir/x.nlic", "--lambda", "100"], "cannot write"),
+    (["compress", "{src}", "-o", "x.nlic", "--bpp", "inf"], "positive number"),
+    (["export-model", "--weights", "missing.pt", "-o", "m.npz"], "no such file"),
+    (["export-model", "--weights", "{src}.pt", "-o", "m.npz"], "not a training checkpoint"),
 ])
 def test_errors_are_one_line(tmp_path, args, fragment):
     src = tmp_path / "p.png"
@@ -109,6 +112,7 @@ def test_errors_are_one_line(tmp_path, args, fragment):
     bits = tmp_path / "ok.nlic"
     assert run("compress", src, "-o", bits, "--lambda", "100").returncode == 0
     (tmp_path / "bad.nlic").write_bytes(bits.read_bytes()[:-7])
+    (tmp_path / "p.png.pt").write_bytes(src.read_bytes())   # a photo named like a checkpoint
     names = {"src": src, "bits": bits, "bad": tmp_path / "bad.nlic"}
     args = [a.format(**names) if "{" in a else a for a in args]
     r = subprocess.run([sys.executable, "-m", "codec", *args], cwd=tmp_path, capture_output=True, text=True,

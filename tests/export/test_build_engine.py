@@ -204,8 +204,10 @@ def test_build_engine_script_fails_on_an_unsupported_operator(tiny_model, tmp_pa
 def test_build_engine_script_usage_errors(tmp_path):
     out = _run_script("--output-dir", str(tmp_path), "--max-size", "big")
     assert out.returncode == 2 and "expected HxW" in out.stderr
+    (tmp_path / "report.json").write_text('{"passed": true}')   # an earlier run's
     out = _run_script("--output-dir", str(tmp_path), "--model", str(tmp_path / "missing.npz"))
     assert out.returncode == 1 and out.stderr.strip().startswith("error:") and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "report.json").exists()   # it no longer says this failed run passed
 
 
 def _cuda_reason():

@@ -118,7 +118,18 @@ class TrainConfig:
         _check_keys(path, raw.get("model", {}), ModelConfig, "model.")
         if not 0.0 <= raw.get("flat_weight", 0.0) <= 1.0:
             raise CodecError(f"{path}: flat_weight must be in [0, 1], got {raw['flat_weight']}")
+        _check_values(path, raw)
         return cls(**raw)
+
+
+def _check_values(path, raw: dict):
+    """What would otherwise fail hours in: at the first validation, or once every photo is loaded."""
+    levels = raw.get("model", {}).get("levels", 4)
+    if not 2 <= levels <= 4:   # the container codes 2..4 levels
+        raise CodecError(f"{path}: model.levels must be 2, 3 or 4, got {levels}")
+    for lam in raw.get("val_lambdas", []):
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not LAMBDA_MIN <= lam <= LAMBDA_MAX:
+            raise CodecError(f"{path}: val_lambdas must be numbers in [{LAMBDA_MIN:g}, {LAMBDA_MAX:g}], got {lam!r}")
 
 
 def _check_keys(path, raw: dict, cls, prefix: str):

@@ -34,6 +34,14 @@ def test_unknown_key_is_one_line(tmp_path):
     with pytest.raises(CodecError, match="model.chanels"):
         TrainConfig.from_yaml(path)
 
+    # values that would only fail at the first validation, hours in
+    path.write_text(yaml.safe_dump({"model": {"levels": 7}}))
+    with pytest.raises(CodecError, match="model.levels must be 2, 3 or 4, got 7"):
+        TrainConfig.from_yaml(path)
+    path.write_text(yaml.safe_dump({"val_lambdas": [64, "a"]}))
+    with pytest.raises(CodecError, match="val_lambdas must be numbers in \\[64, 8192\\], got 'a'"):
+        TrainConfig.from_yaml(path)
+
 
 def test_trains_checkpoints_and_resumes(tmp_path, folders):
     train(TrainConfig(**config(tmp_path, folders)))

@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from codec.errors import first_line
+
 from .onnx_graph import consumers, producers
 
 PREFIX = "film_bn"
@@ -47,7 +49,7 @@ def film_pairs(m: onnx.ModelProto) -> list:
     try:
         inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False)
     except Exception as e:   # onnx raises its own types; without shapes nothing is fused, the graph stays valid
-        log.warning("FiLM fusion skipped: shape inference failed (%s)", str(e).splitlines()[0][:200])
+        log.warning("FiLM fusion skipped: shape inference failed (%s)", first_line(e))
         return []
     shapes = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
     producer, readers = producers(m), consumers(m)

@@ -127,14 +127,22 @@ def load_graph(path, load_external_data: bool = True):
         raise CodecError(f"{path}: not an ONNX graph ({first_line(e)})") from None
 
 
+def stamp_mismatch(path, stamped: str | None, model) -> str | None:
+    """Why a graph stamped `stamped` must not run with `model` (its latents would be coded under this model's
+    priors), or None when it may. Unstamped graphs pass."""
+    if stamped is None or stamped == model.model_id.hex():
+        return None
+    return (f"{path}: exported from model {stamped}, not from {model.model_id.hex()} "
+            "(export the graphs again from this model)")
+
+
 def check_stamp(path, model) -> None:
-    """Refuse a graph stamped with another model's id: its latents would be coded under this model's priors."""
+    """stamp_mismatch for a graph file, as a CodecError."""
     from .errors import CodecError
     props = load_graph(path, load_external_data=False).metadata_props
-    stamped = next((p.value for p in props if p.key == MODEL_ID_KEY), None)
-    if stamped is not None and stamped != model.model_id.hex():
-        raise CodecError(f"{path}: exported from model {stamped}, not from {model.model_id.hex()} "
-                         "(export the graphs again from this model)")
+    problem = stamp_mismatch(path, next((p.value for p in props if p.key == MODEL_ID_KEY), None), model)
+    if problem:
+        raise CodecError(problem)
 
 
 def export_stamped(model, out_dir) -> tuple[Path, Path]:

@@ -17,6 +17,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from codec.errors import first_line
+from codec.onnx_export import load_graph
+
 DEFAULT_OPS_TABLE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "tensorrt-onnx-parser-ops.tsv"
 
 # ONNX element types under the names the parser table uses.
@@ -53,22 +56,12 @@ class OpReport:
         return {"passed": self.ok, "offences": self.offences, "warnings": self.warnings, "ops": self.ops}
 
 
-def load_graph(path) -> onnx.ModelProto:
-    path = Path(path)
-    if not path.is_file():
-        raise GraphCheckError(f"{path}: no such ONNX file")
-    try:
-        return onnx.load(str(path))
-    except Exception as e:  # protobuf DecodeError and friends
-        raise GraphCheckError(f"{path}: not an ONNX model ({type(e).__name__}: {str(e)[:160]})") from None
-
-
 def run_checker(path) -> dict:
     """onnx.checker with full shape inference; a dict for report.json."""
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:
-        return {"passed": False, "error": str(e).strip().splitlines()[0][:300]}
+        return {"passed": False, "error": first_line(e, 300)}
     m = load_graph(path)
     opset = max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), default=0)
     return {"passed": opset >= 17, "opset": opset, "error": None if opset >= 17 else f"opset {opset} < 17"}

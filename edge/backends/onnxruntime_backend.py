@@ -59,10 +59,10 @@ def check_graph(session, path, model, inputs: tuple, what: str):
     names = tuple(i.name for i in session.get_inputs())
     if names != inputs:
         raise BackendError(f"{path}: inputs {names} are not those of the {what} graph {inputs}")
-    from codec.onnx_export import MODEL_ID_KEY
-    stamped = session.get_modelmeta().custom_metadata_map.get(MODEL_ID_KEY)
-    if stamped is not None and stamped != model.model_id.hex():
-        raise BackendError(f"{path}: exported from model {stamped}, this encoder has model {model.model_id.hex()}")
+    from codec.onnx_export import MODEL_ID_KEY, stamp_mismatch
+    problem = stamp_mismatch(path, session.get_modelmeta().custom_metadata_map.get(MODEL_ID_KEY), model)
+    if problem:
+        raise BackendError(problem)
 
 
 def exported_graphs(model, cache_dir=None) -> tuple[Path, Path]:

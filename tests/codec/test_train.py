@@ -402,6 +402,29 @@ def test_flat_weight_outside_0_1_is_one_line(tmp_path):
         TrainConfig.from_yaml(path)
 
 
+def test_gradient_weight_adds_the_gradient_term_to_the_distortion_and_trains(tmp_path, folders):
+    from codec.gradient_distortion import gradient_squared_error
+    from codec.train import rd_loss
+    lam = torch.tensor([100.0, 1000.0])
+    x = torch.rand(2, 3, 8, 8)
+    out = {"x_hat": x + 0.1 * torch.rand_like(x), "bpp": torch.tensor([0.2, 0.5])}
+    squared = (out["x_hat"] - x).square().mean(dim=(1, 2, 3))
+    term = gradient_squared_error(out["x_hat"], x)
+    assert term.min() > 0
+    loss, _, mse = rd_loss(out, x, lam, gradient_weight=2.0)
+    assert loss.item() == pytest.approx((out["bpp"] + lam * (squared + 2.0 * term)).mean().item())
+    assert mse.item() == pytest.approx(squared.mean().item())   # the log's PSNR stays plain
+    train(TrainConfig(**config(tmp_path, folders, steps=2, gradient_weight=1.0, val_coded=False)))
+    assert "step 2" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_negative_gradient_weight_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"gradient_weight": -1.0}))
+    with pytest.raises(CodecError, match="gradient_weight must be >= 0, got -1.0"):
+        TrainConfig.from_yaml(path)
+
+
 @pytest.mark.parametrize("switch, learned", [("prior_lambda", "2.weight"), ("context", "out.weight")])
 def test_a_run_switched_to_a_new_part_resumes_learns_and_exports_it(tmp_path, folders, switch, learned):
     """λ-conditioned priors and the spatial context: parts a checkpoint can predate, starting at zero."""

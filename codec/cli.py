@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument("--heic", type=int, nargs="+", default=[50, 60], help="HEIC qualities")
     bk.add_argument("--model")
 
+    br = sub.add_parser("bench-defect-reach", help="share of faint defects' contrast kept from unquantised vs "
+                        "rounded latents: does a model lose them in its transforms or in z1's rounding?")
+    br.add_argument("--data", help="folder of photos to draw the defects on as well as the synthetic shell")
+    br.add_argument("--max-images", type=int, default=4, help="photos taken evenly from --data (0: all)")
+    br.add_argument("--model")
+    br.add_argument("--against", nargs="+", metavar="MODEL", help="other model files to measure the same way")
+    br.add_argument("--lambdas", type=float, nargs="+", default=[256, 1024])
+
     bf = sub.add_parser("bench-defects", help="bits each codec needs to keep half the contrast of faint cracks "
                         "and pits drawn on a blade shell (and on photos with --data)")
     bf.add_argument("--out", required=True)
@@ -295,6 +303,7 @@ COMMANDS = {
     "bench-curve": _lazy(".bench.learning_curve"),
     "bench-blocks": _lazy(".bench.block_gap"),
     "bench-defects": _lazy(".bench.defect_visibility"),
+    "bench-defect-reach": _lazy(".bench.defect_reach"),
     "bench-ceiling": _lazy(".bench.ceiling"),
     "bench-gdn": _lazy(".bench.gdn_strength"),
     "bench-memory": _lazy(".bench.memory"),

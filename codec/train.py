@@ -121,16 +121,16 @@ class TrainConfig:
             raise CodecError(f"{path}: expected a mapping of settings at the top level")
         _check_keys(path, raw, cls, "")
         _check_keys(path, raw.get("model", {}), ModelConfig, "model.")
-        if not 0.0 <= raw.get("flat_weight", 0.0) <= 1.0:
-            raise CodecError(f"{path}: flat_weight must be in [0, 1], got {raw['flat_weight']}")
-        if raw.get("gradient_weight", 0.0) < 0:
-            raise CodecError(f"{path}: gradient_weight must be >= 0, got {raw['gradient_weight']}")
         _check_values(path, raw)
         return cls(**raw)
 
 
 def _check_values(path, raw: dict):
-    """What would otherwise fail hours in: at the first validation, or once every photo is loaded."""
+    """What would otherwise fail hours in, or train something other than was meant."""
+    if not 0.0 <= raw.get("flat_weight", 0.0) <= 1.0:
+        raise CodecError(f"{path}: flat_weight must be in [0, 1], got {raw['flat_weight']}")
+    if raw.get("gradient_weight", 0.0) < 0:
+        raise CodecError(f"{path}: gradient_weight must be >= 0, got {raw['gradient_weight']}")
     levels = raw.get("model", {}).get("levels", 4)
     if not 2 <= levels <= 4:   # the container codes 2..4 levels
         raise CodecError(f"{path}: model.levels must be 2, 3 or 4, got {levels}")

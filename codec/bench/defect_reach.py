@@ -17,44 +17,37 @@ import numpy as np
 
 from ..runtime import CodecModel
 from .ceiling import centre_crop, reconstructions
-from .defect_visibility import KINDS, VISIBLE, contrast, draw, layout, pictures
+from .defect_visibility import KINDS, contrast, drawn_defects, pictures
 
 
-def kept(net, background: np.ndarray, lam: float) -> dict:
-    """{kind: ([unquantised fractions], [rounded fractions])} for the defects drawn on one picture at one λ."""
-    background = centre_crop(background)
-    defects = layout(*background.shape[:2])
-    original = draw(background, defects)
+def kept(net, drawn_picture: tuple, lam: float) -> list[tuple[str, float, float]]:
+    """[(kind, unquantised fraction, rounded fraction)] for each defect of one drawn_defects picture at one λ."""
+    original, drawn = drawn_picture
     unquantised, rounded = reconstructions(net, original, lam)
-    out = collections.defaultdict(lambda: ([], []))
-    for d in defects:
-        drawn = contrast(original, d.mask)
-        if drawn < VISIBLE * d.depth:   # clipped at black: bench-defects leaves it out too
-            continue
-        out[d.kind][0].append(contrast(unquantised, d.mask) / drawn)
-        out[d.kind][1].append(contrast(rounded, d.mask) / drawn)
-    return out
+    return [(d.kind, contrast(unquantised, d.mask) / c, contrast(rounded, d.mask) / c) for d, c in drawn]
 
 
 def run(models: dict, data: str | None, max_images: int, lambdas) -> list[dict]:
     """One row per model, λ, picture group (shell / photos) and defect kind: mean fractions kept."""
-    groups = collections.defaultdict(list)
-    for i, (name, background) in enumerate(pictures(data, max_images)):
-        groups["synthetic shell" if i == 0 else "photos"].append(background)
+    groups = collections.defaultdict(list)   # each picture cropped to whole z1 positions and drawn once
+    for i, (_, background) in enumerate(pictures(data, max_images)):
+        groups["synthetic shell" if i == 0 else "photos"].append(drawn_defects(centre_crop(background)))
     rows = []
     for model_name, model in models.items():
         for lam in lambdas:
-            for group, backgrounds in groups.items():
-                per_kind = collections.defaultdict(lambda: ([], []))
-                for background in backgrounds:
-                    for kind, (unq, rnd) in kept(model.torch_model, background, lam).items():
-                        per_kind[kind][0].extend(unq)
-                        per_kind[kind][1].extend(rnd)
-                rows += [{"model": model_name, "lambda": lam, "pictures": group, "kind": kind,
-                          "defects": len(per_kind[kind][0]), "unquantised": float(np.mean(per_kind[kind][0])),
-                          "rounded": float(np.mean(per_kind[kind][1]))}
-                         for kind in KINDS if per_kind[kind][0]]
+            for group, drawn_pictures in groups.items():
+                fractions = collections.defaultdict(list)
+                for picture in drawn_pictures:
+                    for kind, unquantised, rounded in kept(model.torch_model, picture, lam):
+                        fractions[kind].append((unquantised, rounded))
+                rows += [_row(model_name, lam, group, kind, fractions[kind]) for kind in KINDS if fractions[kind]]
     return rows
+
+
+def _row(model_name: str, lam: float, group: str, kind: str, fractions: list) -> dict:
+    unquantised, rounded = np.mean(fractions, axis=0)
+    return {"model": model_name, "lambda": lam, "pictures": group, "kind": kind, "defects": len(fractions),
+            "unquantised": float(unquantised), "rounded": float(rounded)}
 
 
 def main(args):

@@ -109,12 +109,18 @@ def pictures(data: str | None, max_images: int) -> list[tuple[str, np.ndarray]]:
     return [(SHELL, shell(512, 640))] + [(p.name, read_rgb(p)) for p in paths]
 
 
-def code_picture(name: str, background: np.ndarray, codecs) -> list[dict]:
-    """One row per codec, setting and defect: the decoded contrast beside the drawn one."""
+def drawn_defects(background: np.ndarray) -> tuple[np.ndarray, list[tuple[Defect, float]]]:
+    """(the picture with every defect drawn, [(defect, its contrast there)]), leaving out the defects the
+    picture cannot show (clipped at black: less than VISIBLE of their depth)."""
     defects = layout(*background.shape[:2])
     original = draw(background, defects)
     drawn = [(d, contrast(original, d.mask)) for d in defects]
-    drawn = [(d, c) for d, c in drawn if c >= VISIBLE * d.depth]
+    return original, [(d, c) for d, c in drawn if c >= VISIBLE * d.depth]
+
+
+def code_picture(name: str, background: np.ndarray, codecs) -> list[dict]:
+    """One row per codec, setting and defect: the decoded contrast beside the drawn one."""
+    original, drawn = drawn_defects(background)
     rows = []
     for codec in codecs:
         for setting in codec.settings:

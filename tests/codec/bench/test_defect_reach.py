@@ -31,6 +31,7 @@ def test_photos_form_their_own_group_and_a_second_model_gets_its_own_rows(tmp_pa
     assert a == [(r["unquantised"], r["rounded"]) for r in photos if r["model"] == "b"]   # deterministic
 
 
-def test_a_picture_too_small_for_the_defect_grid_is_one_line(bundled):
+def test_a_picture_too_small_for_the_defect_grid_is_one_line(tmp_path, bundled):
+    Image.fromarray(np.full((128, 640, 3), 150, np.uint8)).save(tmp_path / "strip.png")
     with pytest.raises(CodecError, match="too small to draw the defects on"):
-        defect_reach.kept(bundled.torch_model, np.full((128, 640, 3), 150, np.uint8), 1024)
+        defect_reach.run({"bundled": bundled}, str(tmp_path), 0, [1024])

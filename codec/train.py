@@ -30,6 +30,7 @@ from .model import ModelConfig, NestedLatentCodec
 from . import data_parallel, weights
 from .flat_area_weighting import flat_area_weights
 from .gradient_distortion import gradient_squared_error
+from .synthetic_defects import add_marks
 from .z1_widening import widen_z1
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -98,6 +99,8 @@ class TrainConfig:
                                    # finite differences (gradient_distortion.py), which prices fine detail
                                    # above smooth error (measured in session 38 at 1.0: +3.3 % BD-rate,
                                    # no help to faint defects; 0: plain MSE)
+    synthetic_defects: float = 0.0   # in [0, 1]: the share of training crops that get faint hairlines and
+                                     # small blobs drawn on (synthetic_defects.py; 0: the photos as they are)
     train_only: list = field(default_factory=list)   # parameter-name prefixes that train ("analysis."); the
                                                      # rest stay frozen (empty: everything trains)
     gdn_lr_gain: float = 0.0       # > 0: the GDNs' γ parameters get their own Adam group at lr times this (a new
@@ -129,6 +132,8 @@ def _check_values(path, raw: dict):
     """What would otherwise fail hours in, or train something other than was meant."""
     if not 0.0 <= raw.get("flat_weight", 0.0) <= 1.0:
         raise CodecError(f"{path}: flat_weight must be in [0, 1], got {raw['flat_weight']}")
+    if not 0.0 <= raw.get("synthetic_defects", 0.0) <= 1.0:
+        raise CodecError(f"{path}: synthetic_defects must be in [0, 1], got {raw['synthetic_defects']}")
     if raw.get("gradient_weight", 0.0) < 0:
         raise CodecError(f"{path}: gradient_weight must be >= 0, got {raw['gradient_weight']}")
     levels = raw.get("model", {}).get("levels", 4)
@@ -544,6 +549,8 @@ def _train(cfg: TrainConfig):
     validator = Validator(cfg) if main_process else None
     distiller = Distiller(cfg, model) if cfg.teacher else None
     rng = np.random.default_rng(cfg.seed + step if main_process else [cfg.seed + step, data_parallel.rank()])
+    marks_rng = np.random.default_rng([cfg.seed + step, data_parallel.rank(), 1])   # apart from the crops':
+    # a run with marks draws the same crops as one without
     log.info("training %s for %d steps, batch %d x %d px%s", run_dir, cfg.steps, cfg.batch, cfg.crop,
              f" in each of {cfg.processes} processes" if cfg.processes > 1 else "")
     t_start, wall_before = time.time(), _wall_so_far(run_dir)
@@ -552,7 +559,10 @@ def _train(cfg: TrainConfig):
     last = step >= cfg.steps
     while not last:
         t0 = time.time()
-        x = torch.from_numpy(sampler.batch(cfg.batch))
+        crops = sampler.batch(cfg.batch)
+        if cfg.synthetic_defects:
+            add_marks(crops, marks_rng, cfg.synthetic_defects)
+        x = torch.from_numpy(crops)
         if cfg.channels_last:
             x = x.to(memory_format=torch.channels_last)
         lam = sample_lambdas(rng, cfg.batch, cfg.lambda_min, cfg.lambda_max)

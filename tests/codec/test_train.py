@@ -425,6 +425,26 @@ def test_a_negative_gradient_weight_is_one_line(tmp_path):
         TrainConfig.from_yaml(path)
 
 
+def test_synthetic_defects_change_the_crops_but_not_which_crops(tmp_path, folders):
+    """A run with marks drawn on its crops trains on the same crops as one without (a clean control)."""
+    runs = {}
+    for share in (0.0, 1.0):
+        run = tmp_path / f"share{share}"
+        train(TrainConfig(**config(run, folders, steps=2, synthetic_defects=share, val_coded=False)))
+        state = torch.load(run / "run" / "last.pt", weights_only=False)
+        runs[share] = state["sampler_rng"], state["model"]
+    assert runs[0.0][0] == runs[1.0][0]
+    weights, marked = runs[0.0][1], runs[1.0][1]
+    assert any(not torch.equal(weights[k], marked[k]) for k in weights)
+
+
+def test_a_synthetic_defects_share_outside_0_1_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"synthetic_defects": 1.5}))
+    with pytest.raises(CodecError, match=r"synthetic_defects must be in \[0, 1\], got 1.5"):
+        TrainConfig.from_yaml(path)
+
+
 @pytest.mark.parametrize("switch, learned", [("prior_lambda", "2.weight"), ("context", "out.weight")])
 def test_a_run_switched_to_a_new_part_resumes_learns_and_exports_it(tmp_path, folders, switch, learned):
     """λ-conditioned priors and the spatial context: parts a checkpoint can predate, starting at zero."""

@@ -1,0 +1,94 @@
+"""Faint synthetic marks drawn on training crops: hairline strokes and small blobs a few grey levels off the
+surface under them.
+
+Inspectors look for thin, low-contrast cracks and pits, which photos of intact surfaces (most of the training
+set) rarely hold; to a codec trained for MSE on such photos a faint hairline looks like sensor noise, the first
+thing to drop. Drawing some into the crops makes the transforms learn to carry them. The marks are of another
+family than bench-defects' (vertical wandering cracks and square pits, always dark): strokes at any angle
+with bends, anti-aliased and slightly blurred as optics blur them, dark or light, and round or oval blobs, so
+the benchmark measures whether the codec keeps faint defects in general rather than the shapes it saw.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+DEPTH_LEVELS = (3.0, 24.0)     # grey levels off the surface, uniform; bench-defects draws 5 to 20
+MARKS_PER_PICTURE = (1, 4)
+STROKE_SEGMENTS = (2, 6)
+SEGMENT_PX = (8, 48)
+STROKE_WIDTH_PX = (1.0, 2.0)
+BLOB_AXES_PX = (1, 4)
+BLUR_SIGMA = 0.8               # the largest; each mark draws its own in [0, BLUR_SIGMA]
+
+
+def add_marks(batch: np.ndarray, rng: np.random.Generator, share: float) -> np.ndarray:
+    """batch: (N, 3, H, W) float in [0, 1], changed in place and returned; each picture gets marks with
+    probability share."""
+    for picture in batch:
+        if rng.random() < share:
+            field = marks_field(picture.shape[1:], rng)
+            np.clip(picture + field, 0.0, 1.0, out=picture)
+    return batch
+
+
+def marks_field(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """(H, W) float32: the signed change in [0, 1] units that 1 to 4 marks make to a picture of this shape."""
+    field = np.zeros(shape, np.float32)
+    for _ in range(rng.integers(MARKS_PER_PICTURE[0], MARKS_PER_PICTURE[1] + 1)):
+        coverage = stroke(shape, rng) if rng.random() < 0.7 else blob(shape, rng)
+        sigma = rng.uniform(0.0, BLUR_SIGMA)
+        if sigma > 0.3:   # below that the kernel is ~a delta
+            coverage = blur(coverage, sigma)
+        depth = rng.uniform(*DEPTH_LEVELS) / 255.0
+        field += (depth if rng.random() < 0.25 else -depth) * coverage   # defects are mostly darker
+    return field
+
+
+def stroke(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Coverage in [0, 1] of a bent hairline 1 to 2 px wide, anti-aliased (each pixel covered as far as its
+    centre lies inside the line's half width, plus half a pixel)."""
+    h, w = shape
+    points = [np.array([rng.uniform(0, h), rng.uniform(0, w)])]
+    angle = rng.uniform(0, 2 * math.pi)
+    for _ in range(rng.integers(STROKE_SEGMENTS[0], STROKE_SEGMENTS[1] + 1)):
+        angle += rng.normal(0, 0.4)
+        points.append(points[-1] + rng.uniform(*SEGMENT_PX) * np.array([math.sin(angle), math.cos(angle)]))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    distance = np.full(shape, np.inf, np.float32)
+    for a, b in zip(points, points[1:]):
+        distance = np.minimum(distance, _segment_distance(yy, xx, a, b))
+    half_width = rng.uniform(*STROKE_WIDTH_PX) / 2
+    return np.clip(half_width + 0.5 - distance, 0.0, 1.0)
+
+
+def _segment_distance(yy: np.ndarray, xx: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = b - a
+    t = np.clip(((yy - a[0]) * d[0] + (xx - a[1]) * d[1]) / max(float(d @ d), 1e-9), 0.0, 1.0)
+    return np.hypot(yy - a[0] - t * d[0], xx - a[1] - t * d[1])
+
+
+def blob(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Coverage in [0, 1] of a small filled oval at any angle, anti-aliased."""
+    h, w = shape
+    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    a, b = rng.uniform(*BLOB_AXES_PX, size=2)
+    turn = rng.uniform(0, math.pi)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    u = (xx - cx) * math.cos(turn) + (yy - cy) * math.sin(turn)
+    v = (yy - cy) * math.cos(turn) - (xx - cx) * math.sin(turn)
+    inside = 1.0 - np.hypot(u / a, v / b)          # 1 at the centre, 0 on the rim
+    return np.clip(inside * min(a, b) + 0.5, 0.0, 1.0)
+
+
+def blur(field: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur with a kernel of radius 2 (sigma <= 0.8 keeps 99 % of its weight in it);
+    edges replicated."""
+    taps = np.exp(-0.5 * (np.arange(-2, 3) / sigma) ** 2)
+    taps /= taps.sum()
+    for axis in (0, 1):
+        padded = np.pad(field, [(2, 2) if ax == axis else (0, 0) for ax in (0, 1)], mode="edge")
+        n = field.shape[axis]
+        field = sum(t * np.take(padded, range(k, k + n), axis=axis) for k, t in enumerate(taps))
+    return field.astype(np.float32)

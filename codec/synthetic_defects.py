@@ -15,28 +15,28 @@ import math
 import numpy as np
 
 DEPTH_LEVELS = (3.0, 24.0)     # grey levels off the surface, uniform; bench-defects draws 5 to 20
-MARKS_PER_PICTURE = (1, 4)
 STROKE_SEGMENTS = (2, 6)
 SEGMENT_PX = (8, 48)
 STROKE_WIDTH_PX = (1.0, 2.0)
 BLOB_AXES_PX = (1, 4)
 BLUR_SIGMA = 0.8               # the largest; each mark draws its own in [0, BLUR_SIGMA]
+MAX_MARKS = 50                 # per crop on average: more would be a texture, not defects
 
 
-def add_marks(batch: np.ndarray, rng: np.random.Generator, share: float) -> np.ndarray:
-    """batch: (N, 3, H, W) float in [0, 1], changed in place and returned; each picture gets marks with
-    probability share."""
+def add_marks(batch: np.ndarray, rng: np.random.Generator, mean_marks: float) -> np.ndarray:
+    """batch: (N, 3, H, W) float in [0, 1], changed in place and returned; each picture gets a Poisson number
+    of marks with this mean."""
     for picture in batch:
-        if rng.random() < share:
-            field = marks_field(picture.shape[1:], rng)
-            np.clip(picture + field, 0.0, 1.0, out=picture)
+        count = rng.poisson(mean_marks)
+        if count:
+            np.clip(picture + marks_field(picture.shape[1:], rng, count), 0.0, 1.0, out=picture)
     return batch
 
 
-def marks_field(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """(H, W) float32: the signed change in [0, 1] units that 1 to 4 marks make to a picture of this shape."""
+def marks_field(shape: tuple[int, int], rng: np.random.Generator, count: int) -> np.ndarray:
+    """(H, W) float32: the signed change in [0, 1] units that count marks make to a picture of this shape."""
     field = np.zeros(shape, np.float32)
-    for _ in range(rng.integers(MARKS_PER_PICTURE[0], MARKS_PER_PICTURE[1] + 1)):
+    for _ in range(count):
         coverage = stroke(shape, rng) if rng.random() < 0.7 else blob(shape, rng)
         sigma = rng.uniform(0.0, BLUR_SIGMA)
         if sigma > 0.3:   # below that the kernel is ~a delta
@@ -55,12 +55,20 @@ def stroke(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     for _ in range(rng.integers(STROKE_SEGMENTS[0], STROKE_SEGMENTS[1] + 1)):
         angle += rng.normal(0, 0.4)
         points.append(points[-1] + rng.uniform(*SEGMENT_PX) * np.array([math.sin(angle), math.cos(angle)]))
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    distance = np.full(shape, np.inf, np.float32)
+    corners = np.array(points)
+    top, left = np.maximum(np.floor(corners.min(0)).astype(int) - 2, 0)   # only the pixels it can cover
+    bottom, right = np.minimum(np.ceil(corners.max(0)).astype(int) + 3, (h, w))
+    coverage = np.zeros(shape, np.float32)
+    if top >= bottom or left >= right:   # drawn wholly outside the picture
+        rng.uniform(*STROKE_WIDTH_PX)    # the same draws as a stroke inside it
+        return coverage
+    yy, xx = np.mgrid[top:bottom, left:right].astype(np.float32)
+    distance = np.full(yy.shape, np.inf, np.float32)
     for a, b in zip(points, points[1:]):
         distance = np.minimum(distance, _segment_distance(yy, xx, a, b))
     half_width = rng.uniform(*STROKE_WIDTH_PX) / 2
-    return np.clip(half_width + 0.5 - distance, 0.0, 1.0)
+    coverage[top:bottom, left:right] = np.clip(half_width + 0.5 - distance, 0.0, 1.0)
+    return coverage
 
 
 def _segment_distance(yy: np.ndarray, xx: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -75,11 +83,15 @@ def blob(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     cy, cx = rng.uniform(0, h), rng.uniform(0, w)
     a, b = rng.uniform(*BLOB_AXES_PX, size=2)
     turn = rng.uniform(0, math.pi)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    reach = int(max(a, b)) + 2
+    top, left = max(int(cy) - reach, 0), max(int(cx) - reach, 0)
+    coverage = np.zeros(shape, np.float32)
+    yy, xx = np.mgrid[top:min(int(cy) + reach + 1, h), left:min(int(cx) + reach + 1, w)].astype(np.float32)
     u = (xx - cx) * math.cos(turn) + (yy - cy) * math.sin(turn)
     v = (yy - cy) * math.cos(turn) - (xx - cx) * math.sin(turn)
     inside = 1.0 - np.hypot(u / a, v / b)          # 1 at the centre, 0 on the rim
-    return np.clip(inside * min(a, b) + 0.5, 0.0, 1.0)
+    coverage[top:top + yy.shape[0], left:left + yy.shape[1]] = np.clip(inside * min(a, b) + 0.5, 0.0, 1.0)
+    return coverage
 
 
 def blur(field: np.ndarray, sigma: float) -> np.ndarray:

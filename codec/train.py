@@ -30,7 +30,7 @@ from .model import ModelConfig, NestedLatentCodec
 from . import data_parallel, weights
 from .flat_area_weighting import flat_area_weights
 from .gradient_distortion import gradient_squared_error
-from .synthetic_defects import add_marks
+from .synthetic_defects import MAX_MARKS, add_marks
 from .z1_widening import widen_z1
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -99,8 +99,8 @@ class TrainConfig:
                                    # finite differences (gradient_distortion.py), which prices fine detail
                                    # above smooth error (measured in session 38 at 1.0: +3.3 % BD-rate,
                                    # no help to faint defects; 0: plain MSE)
-    synthetic_defects: float = 0.0   # in [0, 1]: the share of training crops that get faint hairlines and
-                                     # small blobs drawn on (synthetic_defects.py; 0: the photos as they are)
+    synthetic_defects: float = 0.0   # >= 0: the mean number of faint hairlines and small blobs drawn on each
+                                     # training crop (Poisson; synthetic_defects.py; 0: the photos as they are)
     train_only: list = field(default_factory=list)   # parameter-name prefixes that train ("analysis."); the
                                                      # rest stay frozen (empty: everything trains)
     gdn_lr_gain: float = 0.0       # > 0: the GDNs' γ parameters get their own Adam group at lr times this (a new
@@ -132,8 +132,9 @@ def _check_values(path, raw: dict):
     """What would otherwise fail hours in, or train something other than was meant."""
     if not 0.0 <= raw.get("flat_weight", 0.0) <= 1.0:
         raise CodecError(f"{path}: flat_weight must be in [0, 1], got {raw['flat_weight']}")
-    if not 0.0 <= raw.get("synthetic_defects", 0.0) <= 1.0:
-        raise CodecError(f"{path}: synthetic_defects must be in [0, 1], got {raw['synthetic_defects']}")
+    if not 0.0 <= raw.get("synthetic_defects", 0.0) <= MAX_MARKS:
+        raise CodecError(f"{path}: synthetic_defects (marks per crop) must be in [0, {MAX_MARKS}], "
+                         f"got {raw['synthetic_defects']}")
     if raw.get("gradient_weight", 0.0) < 0:
         raise CodecError(f"{path}: gradient_weight must be >= 0, got {raw['gradient_weight']}")
     levels = raw.get("model", {}).get("levels", 4)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from codec.synthetic_defects import DEPTH_LEVELS, MARKS_PER_PICTURE, add_marks, blob, blur, marks_field, stroke
+from codec.synthetic_defects import DEPTH_LEVELS, add_marks, blob, blur, marks_field, stroke
 
 SHAPE = (128, 160)
 
@@ -10,27 +10,34 @@ def grey_batch(n=8, level=0.5):
     return np.full((n, 3) + SHAPE, level, np.float32)
 
 
-def test_share_decides_which_pictures_get_marks():
+def test_the_mean_decides_how_many_pictures_get_marks():
     untouched = add_marks(grey_batch(), np.random.default_rng(0), 0.0)
     assert (untouched == 0.5).all()
-    marked = add_marks(grey_batch(), np.random.default_rng(0), 1.0)
-    assert all((picture != 0.5).any() for picture in marked)
-    half = add_marks(grey_batch(400), np.random.default_rng(0), 0.5)
-    assert 150 < sum((picture != 0.5).any() for picture in half) < 250
+    for mean in (0.5, 3.0):   # a Poisson count: exp(-mean) of the pictures get none
+        marked = add_marks(grey_batch(400), np.random.default_rng(0), mean)
+        share = np.mean([(picture != 0.5).any() for picture in marked])
+        assert share == pytest.approx(1 - np.exp(-mean), abs=0.06)
+
+
+def test_more_marks_change_more_pixels():
+    few = add_marks(grey_batch(100), np.random.default_rng(6), 1.0)
+    many = add_marks(grey_batch(100), np.random.default_rng(6), 5.0)
+    assert 3 < (many != 0.5).sum() / (few != 0.5).sum() < 8
 
 
 def test_marks_are_faint_thin_and_grey():
     rng = np.random.default_rng(1)
-    batch = add_marks(grey_batch(50), rng, 1.0)
+    batch = add_marks(grey_batch(50), rng, 2.0)
     change = (batch - 0.5) * 255
-    assert np.abs(change).max() <= MARKS_PER_PICTURE[1] * DEPTH_LEVELS[1] + 1e-3
+    field = marks_field(SHAPE, rng, 1) * 255
+    assert np.abs(field).max() <= DEPTH_LEVELS[1] + 1e-3 and np.abs(field).max() > 0
     assert (np.abs(change) > 0.5).mean() < 0.05               # a few hairlines, not a texture
     assert (change[:, 0] == change[:, 1]).all() and (change[:, 1] == change[:, 2]).all()
 
 
 def test_most_marks_are_darker_than_their_surface():
     rng = np.random.default_rng(2)
-    signs = [np.sign(marks_field(SHAPE, rng).sum()) for _ in range(300)]
+    signs = [np.sign(marks_field(SHAPE, rng, 1).sum()) for _ in range(300)]
     assert 0.6 < signs.count(-1.0) / len(signs) < 0.9
 
 
@@ -50,15 +57,15 @@ def test_a_stroke_is_a_hairline_and_a_blob_is_not():
 
 def test_marks_are_clipped_to_the_picture_range():
     for level in (0.0, 1.0):
-        batch = add_marks(grey_batch(20, level), np.random.default_rng(4), 1.0)
+        batch = add_marks(grey_batch(20, level), np.random.default_rng(4), 3.0)
         assert batch.min() >= 0.0 and batch.max() <= 1.0
-    dark = add_marks(grey_batch(20, 0.0), np.random.default_rng(4), 1.0)
+    dark = add_marks(grey_batch(20, 0.0), np.random.default_rng(4), 3.0)
     assert (dark > 0).any()                                     # light marks show on black
 
 
 def test_the_same_seed_draws_the_same_marks():
-    a = add_marks(grey_batch(), np.random.default_rng(5), 0.5)
-    b = add_marks(grey_batch(), np.random.default_rng(5), 0.5)
+    a = add_marks(grey_batch(), np.random.default_rng(5), 2.0)
+    b = add_marks(grey_batch(), np.random.default_rng(5), 2.0)
     assert (a == b).all()
 
 

@@ -428,21 +428,22 @@ def test_a_negative_gradient_weight_is_one_line(tmp_path):
 def test_synthetic_defects_change_the_crops_but_not_which_crops(tmp_path, folders):
     """A run with marks drawn on its crops trains on the same crops as one without (a clean control)."""
     runs = {}
-    for share in (0.0, 1.0):
-        run = tmp_path / f"share{share}"
-        train(TrainConfig(**config(run, folders, steps=2, synthetic_defects=share, val_coded=False)))
+    for marks in (0.0, 3.0):
+        run = tmp_path / f"marks{marks}"
+        train(TrainConfig(**config(run, folders, steps=2, synthetic_defects=marks, val_coded=False)))
         state = torch.load(run / "run" / "last.pt", weights_only=False)
-        runs[share] = state["sampler_rng"], state["model"]
-    assert runs[0.0][0] == runs[1.0][0]
-    weights, marked = runs[0.0][1], runs[1.0][1]
+        runs[marks] = state["sampler_rng"], state["model"]
+    assert runs[0.0][0] == runs[3.0][0]
+    weights, marked = runs[0.0][1], runs[3.0][1]
     assert any(not torch.equal(weights[k], marked[k]) for k in weights)
 
 
-def test_a_synthetic_defects_share_outside_0_1_is_one_line(tmp_path):
+def test_a_synthetic_defects_mean_out_of_range_is_one_line(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"synthetic_defects": 1.5}))
-    with pytest.raises(CodecError, match=r"synthetic_defects must be in \[0, 1\], got 1.5"):
-        TrainConfig.from_yaml(path)
+    for bad in (-1.0, 500):
+        path.write_text(yaml.safe_dump({"synthetic_defects": bad}))
+        with pytest.raises(CodecError, match=rf"synthetic_defects \(marks per crop\) must be in \[0, 50\], got {bad}"):
+            TrainConfig.from_yaml(path)
 
 
 @pytest.mark.parametrize("switch, learned", [("prior_lambda", "2.weight"), ("context", "out.weight")])

@@ -147,6 +147,8 @@ class GroundDaemon:
 
     # --- one transfer -----------------------------------------------------------------------------------
     def handle(self, key: str, site: str, drone: str, image_id: str):
+        if key in self.held:   # a job its chunks queued before the first one found it held
+            return
         if self.catalog.has(drone, image_id):
             self._reack(key, site, drone, image_id)
             return

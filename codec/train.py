@@ -99,8 +99,9 @@ class TrainConfig:
                                    # finite differences (gradient_distortion.py), which prices fine detail
                                    # above smooth error (measured in session 38 at 1.0: +3.3 % BD-rate,
                                    # no help to faint defects; 0: plain MSE)
-    synthetic_defects: float = 0.0   # >= 0: the mean number of faint hairlines and small blobs drawn on each
-                                     # training crop (Poisson; synthetic_defects.py; 0: the photos as they are)
+    synthetic_defects: float = 0.0   # in [0, 50]: the mean number of faint hairlines and small blobs drawn on each
+                                     # training crop (Poisson; synthetic_defects.py; measured in session 39 at
+                                     # 5 for 2,200 steps: no change to faint defects; 0: the photos as they are)
     train_only: list = field(default_factory=list)   # parameter-name prefixes that train ("analysis."); the
                                                      # rest stay frozen (empty: everything trains)
     gdn_lr_gain: float = 0.0       # > 0: the GDNs' γ parameters get their own Adam group at lr times this (a new

@@ -60,18 +60,15 @@ def stroke(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     for _ in range(rng.integers(STROKE_SEGMENTS[0], STROKE_SEGMENTS[1] + 1)):
         angle += rng.normal(0, 0.4)
         points.append(points[-1] + rng.uniform(*SEGMENT_PX) * np.array([math.sin(angle), math.cos(angle)]))
-    corners = np.array(points)
-    top, left = np.maximum(np.floor(corners.min(0)).astype(int) - 2, 0)   # only the pixels it can cover
+    half_width = rng.uniform(*STROKE_WIDTH_PX) / 2
+    corners = np.array(points)   # the box it can cover; never empty: it starts inside the picture
+    top, left = np.maximum(np.floor(corners.min(0)).astype(int) - 2, 0)
     bottom, right = np.minimum(np.ceil(corners.max(0)).astype(int) + 3, (h, w))
-    coverage = np.zeros(shape, np.float32)
-    if top >= bottom or left >= right:   # drawn wholly outside the picture
-        rng.uniform(*STROKE_WIDTH_PX)    # the same draws as a stroke inside it
-        return coverage
     yy, xx = np.mgrid[top:bottom, left:right].astype(np.float32)
     distance = np.full(yy.shape, np.inf, np.float32)
     for a, b in zip(points, points[1:]):
         distance = np.minimum(distance, _segment_distance(yy, xx, a, b))
-    half_width = rng.uniform(*STROKE_WIDTH_PX) / 2
+    coverage = np.zeros(shape, np.float32)
     coverage[top:bottom, left:right] = np.clip(half_width + 0.5 - distance, 0.0, 1.0)
     return coverage
 

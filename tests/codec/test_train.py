@@ -284,6 +284,7 @@ def test_shipped_configs_are_valid():
 @pytest.mark.parametrize("config_name, weights_file", [
     ("default.yaml", "default_model/model.npz"),
     ("lineage_z1_192_warm.yaml", "configs/lineage_z1_192_warm.npz"),   # lineage C, committed each session
+    ("ablation/marks_weight_10.yaml", "configs/ablation/marks_weight_10.npz"),   # its encoder-only branch
 ])
 def test_a_run_starts_from_its_committed_weights_on_a_new_machine(config_name, weights_file):
     """No checkpoint in run_dir: the config's init_from is a model file in the repository, whose every weight
@@ -444,6 +445,28 @@ def test_a_synthetic_defects_mean_out_of_range_is_one_line(tmp_path):
         path.write_text(yaml.safe_dump({"synthetic_defects": bad}))
         with pytest.raises(CodecError, match=rf"synthetic_defects \(marks per crop\) must be in \[0, 50\], got {bad}"):
             TrainConfig.from_yaml(path)
+
+
+def test_weighing_the_marks_changes_what_trains_but_not_the_crops(tmp_path, folders):
+    runs = {}
+    for weight in (0.0, 10.0):
+        run = tmp_path / f"weight{weight}"
+        train(TrainConfig(**config(run, folders, steps=2, synthetic_defects=3.0, marks_weight=weight,
+                                   val_coded=False)))
+        state = torch.load(run / "run" / "last.pt", weights_only=False)
+        runs[weight] = state["sampler_rng"], state["model"]
+    assert runs[0.0][0] == runs[10.0][0]
+    assert any(not torch.equal(runs[0.0][1][k], runs[10.0][1][k]) for k in runs[0.0][1])
+
+
+def test_a_bad_marks_weight_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"marks_weight": 10.0}))
+    with pytest.raises(CodecError, match="marks_weight weighs synthetic marks: set synthetic_defects > 0 as well"):
+        TrainConfig.from_yaml(path)
+    path.write_text(yaml.safe_dump({"marks_weight": -1.0, "synthetic_defects": 2.0}))
+    with pytest.raises(CodecError, match="marks_weight must be >= 0, got -1.0"):
+        TrainConfig.from_yaml(path)
 
 
 @pytest.mark.parametrize("switch, learned", [("prior_lambda", "2.weight"), ("context", "out.weight")])

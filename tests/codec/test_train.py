@@ -426,17 +426,21 @@ def test_a_negative_gradient_weight_is_one_line(tmp_path):
         TrainConfig.from_yaml(path)
 
 
-def test_synthetic_defects_change_the_crops_but_not_which_crops(tmp_path, folders):
-    """A run with marks drawn on its crops trains on the same crops as one without (a clean control)."""
-    runs = {}
-    for marks in (0.0, 3.0):
-        run = tmp_path / f"marks{marks}"
-        train(TrainConfig(**config(run, folders, steps=2, synthetic_defects=marks, val_coded=False)))
-        state = torch.load(run / "run" / "last.pt", weights_only=False)
-        runs[marks] = state["sampler_rng"], state["model"]
-    assert runs[0.0][0] == runs[3.0][0]
-    weights, marked = runs[0.0][1], runs[3.0][1]
-    assert any(not torch.equal(weights[k], marked[k]) for k in weights)
+@pytest.mark.parametrize("control, branch", [
+    ({"synthetic_defects": 0.0}, {"synthetic_defects": 3.0}),                           # marks drawn
+    ({"synthetic_defects": 3.0}, {"synthetic_defects": 3.0, "marks_weight": 10.0}),     # marks weighed
+])
+def test_synthetic_marks_change_what_trains_but_not_which_crops(tmp_path, folders, control, branch):
+    """A run with marks drawn on its crops, or weighed in its distortion, trains on the same crops as the
+    run without (a clean control), and trains different weights."""
+    runs = []
+    for name, extra in (("control", control), ("branch", branch)):
+        train(TrainConfig(**config(tmp_path / name, folders, steps=2, val_coded=False, **extra)))
+        state = torch.load(tmp_path / name / "run" / "last.pt", weights_only=False)
+        runs.append((state["sampler_rng"], state["model"]))
+    (crops, weights), (branch_crops, branch_weights) = runs
+    assert crops == branch_crops
+    assert any(not torch.equal(weights[k], branch_weights[k]) for k in weights)
 
 
 def test_a_synthetic_defects_mean_out_of_range_is_one_line(tmp_path):
@@ -445,18 +449,6 @@ def test_a_synthetic_defects_mean_out_of_range_is_one_line(tmp_path):
         path.write_text(yaml.safe_dump({"synthetic_defects": bad}))
         with pytest.raises(CodecError, match=rf"synthetic_defects \(marks per crop\) must be in \[0, 50\], got {bad}"):
             TrainConfig.from_yaml(path)
-
-
-def test_weighing_the_marks_changes_what_trains_but_not_the_crops(tmp_path, folders):
-    runs = {}
-    for weight in (0.0, 10.0):
-        run = tmp_path / f"weight{weight}"
-        train(TrainConfig(**config(run, folders, steps=2, synthetic_defects=3.0, marks_weight=weight,
-                                   val_coded=False)))
-        state = torch.load(run / "run" / "last.pt", weights_only=False)
-        runs[weight] = state["sampler_rng"], state["model"]
-    assert runs[0.0][0] == runs[10.0][0]
-    assert any(not torch.equal(runs[0.0][1][k], runs[10.0][1][k]) for k in runs[0.0][1])
 
 
 def test_a_bad_marks_weight_is_one_line(tmp_path):

@@ -117,20 +117,41 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path):
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as e:
-            raise CodecError(f"cannot read training config {path}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-            raise CodecError(f"cannot read training config {path}: invalid YAML{where}") from None
-        if not isinstance(raw, dict):
-            raise CodecError(f"{path}: expected a mapping of settings at the top level")
-        _check_keys(path, raw, cls, "")
-        _check_keys(path, raw.get("model", {}), ModelConfig, "model.")
+        """A YAML file of settings; `base: other.yaml` (relative to this file) takes that file's settings
+        first, which this one's override (its `model` key by key), so a branch names only what it changes."""
+        raw = _read_with_bases(Path(path), ())
         _check_values(path, raw)
         return cls(**raw)
+
+
+def _read_with_bases(path: Path, children: tuple) -> dict:
+    if path.resolve() in children:
+        raise CodecError(f"{path}: its base chain comes back to itself")
+    raw = _read_settings(path)
+    base = raw.pop("base", None)
+    _check_keys(path, raw, TrainConfig, "")
+    _check_keys(path, raw.get("model", {}), ModelConfig, "model.")
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise CodecError(f"{path}: key 'base' must be a path to another training config, got {type(base).__name__}")
+    inherited = _read_with_bases(path.parent / base, children + (path.resolve(),))
+    model = {**inherited.get("model", {}), **raw.get("model", {})}
+    return {**inherited, **raw, **({"model": model} if model else {})}
+
+
+def _read_settings(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise CodecError(f"cannot read training config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise CodecError(f"cannot read training config {path}: invalid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise CodecError(f"{path}: expected a mapping of settings at the top level")
+    return raw
 
 
 def _check_values(path, raw: dict):

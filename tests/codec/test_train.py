@@ -273,6 +273,37 @@ def test_wrong_type_names_the_key(tmp_path):
         TrainConfig.from_yaml(path)
 
 
+def test_a_base_config_gives_the_settings_a_branch_does_not_name(tmp_path):
+    (tmp_path / "base.yaml").write_text("crop: 96\nlr: 0.001\nmodel: {channels: 16, levels: 3}\n")
+    (tmp_path / "branch.yaml").write_text("base: base.yaml\nlr: 0.0005\nmodel: {levels: 2}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "leaf.yaml").write_text("base: ../branch.yaml\nsteps: 7\n")
+    cfg = TrainConfig.from_yaml(tmp_path / "sub" / "leaf.yaml")
+    assert (cfg.crop, cfg.lr, cfg.steps) == (96, 0.0005, 7)
+    assert cfg.model == {"channels": 16, "levels": 2}   # merged key by key
+    assert TrainConfig.from_yaml(tmp_path / "base.yaml").lr == 0.001   # a base alone is a config as before
+
+
+def test_a_bad_base_is_one_line_that_names_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("base: missing.yaml\n")
+    with pytest.raises(CodecError, match="cannot read training config .*missing.yaml: No such file"):
+        TrainConfig.from_yaml(path)
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(CodecError, match="a.yaml: its base chain comes back to itself"):
+        TrainConfig.from_yaml(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("lerning_rate: 1\n")
+    with pytest.raises(CodecError, match="b.yaml: unknown key 'lerning_rate'"):
+        TrainConfig.from_yaml(tmp_path / "a.yaml")
+    path.write_text("base: [a.yaml]\n")
+    with pytest.raises(CodecError, match="key 'base' must be a path to another training config, got list"):
+        TrainConfig.from_yaml(path)
+    (tmp_path / "b.yaml").write_text("model: {levels: 7}\n")   # values are checked once merged
+    with pytest.raises(CodecError, match="model.levels must be 2, 3 or 4, got 7"):
+        TrainConfig.from_yaml(tmp_path / "a.yaml")
+
+
 def test_shipped_configs_are_valid():
     configs = sorted((PROJECT_ROOT / "codec" / "configs").rglob("*.yaml"))   # ablations too: they are rerun
     assert len(configs) >= 30
@@ -285,10 +316,12 @@ def test_shipped_configs_are_valid():
     ("default.yaml", "default_model/model.npz"),
     ("lineage_z1_192_warm.yaml", "configs/lineage_z1_192_warm.npz"),   # lineage C, committed each session
     ("ablation/marks_weight_10.yaml", "configs/ablation/marks_weight_10.npz"),   # its encoder-only branch
+    ("blade_finetune.yaml", "default_model/model.npz"),
+    ("quantisation_aware.yaml", "default_model/model.npz"),
 ])
 def test_a_run_starts_from_its_committed_weights_on_a_new_machine(config_name, weights_file):
     """No checkpoint in run_dir: the config's init_from is a model file in the repository, whose every weight
-    fits the configured model (none missing, none left over)."""
+    fits the configured model (none missing, none left over), and steps are left to train after its step."""
     from codec import weights
     from codec.train import build_model, load_weights, resolve
 
@@ -297,7 +330,7 @@ def test_a_run_starts_from_its_committed_weights_on_a_new_machine(config_name, w
     assert path == PROJECT_ROOT / "codec" / weights_file and path.exists() and not cfg.init_keep
     arrays, meta = weights.load_arrays(path)
     assert load_weights(build_model(cfg), weights.float_state_dict(arrays)) == []
-    assert meta["train"]["step"] > 0
+    assert 0 < meta["train"]["step"] < cfg.steps
 
 
 def test_a_checkpoint_from_before_the_top_prior_resumes_and_learns_it(tmp_path, folders):

@@ -430,6 +430,11 @@ def added(name: str) -> bool:
 
 def load_weights(model, state: dict) -> list:
     """Weights saved by this model or by an older version of it; returns the parameters the file lacked."""
+    ours = model.state_dict()
+    resized = [f"{k} {tuple(v.shape)} where the model has {tuple(ours[k].shape)}"
+               for k, v in state.items() if k in ours and v.shape != ours[k].shape]
+    if resized:   # another width (z1_channels?): torch would raise a page of size mismatches
+        raise CodecError(f"the weights do not fit the configured model: {'; '.join(resized[:2])}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     misfits = [k for k in missing if not added(k)] + list(unexpected)
     if misfits:

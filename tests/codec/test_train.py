@@ -355,6 +355,9 @@ def test_weights_that_do_not_fit_the_configured_model_are_named(tmp_path, folder
     train(TrainConfig(**config(tmp_path, folders, steps=3)))
     with pytest.raises(CodecError, match="the weights do not fit the configured model: top_prior.index_param"):
         train(TrainConfig(**config(tmp_path, folders, steps=6, model={**TINY, "top_prior": "logistic"})))
+    with pytest.raises(CodecError, match=r"do not fit the configured model: analysis\.image\.convs\.3\.weight "
+                                         r"\(8, 8, 5, 5\) where the model has \(12, 8, 5, 5\)"):
+        train(TrainConfig(**config(tmp_path, folders, steps=6, model={**TINY, "z1_channels": 12})))
 
 
 def test_the_weight_average_is_what_validation_measures_and_exports(tmp_path, folders):

@@ -125,6 +125,7 @@ class TrainConfig:
 
 
 def _read_with_bases(path: Path, children: tuple) -> dict:
+    """path's settings over its base's; children are the files whose chain led here (a loop is an error)."""
     if path.resolve() in children:
         raise CodecError(f"{path}: its base chain comes back to itself")
     raw = _read_settings(path)

@@ -137,8 +137,10 @@ def _read_with_bases(path: Path, children: tuple) -> dict:
     if not isinstance(base, str):
         raise CodecError(f"{path}: key 'base' must be a path to another training config, got {type(base).__name__}")
     inherited = _read_with_bases(path.parent / base, children + (path.resolve(),))
-    model = {**inherited.get("model", {}), **raw.get("model", {})}
-    return {**inherited, **raw, **({"model": model} if model else {})}
+    merged = {**inherited, **raw}
+    if "model" in inherited and "model" in raw:   # the model's settings merge key by key, not as one value
+        merged["model"] = {**inherited["model"], **raw["model"]}
+    return merged
 
 
 def _read_settings(path: Path) -> dict:

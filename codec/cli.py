@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model (resumable)")
     t.add_argument("--config", required=True)
-    t.add_argument("--steps", type=int, default=None, help="override the config's step count")
+    t.add_argument("--steps", type=int, default=None,
+                   help="override the config's step count (its run_steps where it has them)")
     t.add_argument("--run-dir", default="", help="override the config's run directory")
     t.add_argument("--threads", type=int, default=None, help="override the config's thread count")
     t.add_argument("--processes", type=int, default=None,

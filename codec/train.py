@@ -52,6 +52,11 @@ class TrainConfig:
     warmup: int = 500
     decay_start: int = 0           # the cosine from lr to lr_end runs from here (or the warm-up's end) to `steps`:
                                    # a run continued at lr can end with a short decay (a copy of its checkpoint)
+    run_steps: int = 0             # > 0: the run ends this many steps after the step it started at (its
+                                   # init_from model's or branch_from checkpoint's) and its cosine runs over
+                                   # them, replacing steps and decay_start: a recipe that starts from the
+                                   # bundled model need not name that model's step (0: as written)
+    hold_lr: bool = False          # with run_steps: train at the lr this schedule gives at the start step, held
     grad_clip: float = 1.0
     lambda_min: float = LAMBDA_MIN
     lambda_max: float = LAMBDA_MAX
@@ -168,6 +173,10 @@ def _check_values(path, raw: dict):
         raise CodecError(f"{path}: marks_weight must be >= 0, got {raw['marks_weight']}")
     if raw.get("marks_weight", 0.0) and not raw.get("synthetic_defects", 0.0):
         raise CodecError(f"{path}: marks_weight weighs synthetic marks: set synthetic_defects > 0 as well")
+    if raw.get("run_steps", 0) < 0:
+        raise CodecError(f"{path}: run_steps must be >= 0, got {raw['run_steps']}")
+    if raw.get("hold_lr") and not raw.get("run_steps"):
+        raise CodecError(f"{path}: hold_lr holds the lr at the run's start step: set run_steps > 0 as well")
     if raw.get("gradient_weight", 0.0) < 0:
         raise CodecError(f"{path}: gradient_weight must be >= 0, got {raw['gradient_weight']}")
     levels = raw.get("model", {}).get("levels", 4)
@@ -296,6 +305,21 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr_end + 0.5 * (cfg.lr - cfg.lr_end) * (1 + math.cos(math.pi * t))
 
 
+def counted_from(cfg: TrainConfig, start: int | None) -> TrainConfig:
+    """cfg with run_steps turned into the step the run ends at and its lr schedule, for a run that started at
+    step `start` (None: its checkpoint is older than start steps)."""
+    if not cfg.run_steps:
+        return cfg
+    if start is None:
+        raise CodecError(f"{cfg.run_dir}: its checkpoint predates run_steps (it records no start step): "
+                         "name steps and decay_start in the config instead")
+    counted = dataclasses.replace(cfg, steps=start + cfg.run_steps, decay_start=start)
+    if cfg.hold_lr:
+        held = learning_rate(cfg, start)
+        counted = dataclasses.replace(counted, lr=held, lr_end=held)
+    return counted
+
+
 def psnr(mse: float) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
@@ -396,10 +420,12 @@ def random_states(sampler) -> dict:
     return {"torch_rng": torch.get_rng_state(), "sampler_rng": sampler.rng.bit_generator.state}
 
 
-def save_checkpoint(path: Path, model, opt, step, sampler, best, average=None, process_states=None):
-    """process_states: random_states() of every data-parallel process but the first (data_parallel.py)."""
+def save_checkpoint(path: Path, model, opt, step, sampler, best, average=None, process_states=None, start=None):
+    """process_states: random_states() of every data-parallel process but the first (data_parallel.py);
+    start: the step the run started at (run_steps counts from it)."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, **random_states(sampler),
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "start_step": start,
+                **random_states(sampler),
                 "process_states": process_states or [], "best": best, "model_config": model.cfg.to_dict(),
                 "ema": average.model.state_dict() if average else None}, tmp)
     tmp.replace(path)
@@ -411,16 +437,16 @@ def export_float_model(model, path: Path, info: dict):
 
 
 def restore(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
-    """Returns (step, best score, the checkpoint's weight average or None). Prefers the run's checkpoint,
-    then cfg.init_from, else fresh."""
-    step, best, saved_average = _load_state(cfg, run_dir, model, opt, sampler)
+    """Returns (step, best score, the checkpoint's weight average or None, the step the run started at).
+    Prefers the run's checkpoint, then cfg.init_from, else fresh."""
+    restored = _load_state(cfg, run_dir, model, opt, sampler)
     if not cfg.lift_stuck_gdn:   # the zeros stay zero: skip the C x C convolutions that multiply them
         log.info("%d GDN layers with a diagonal Γ run per element", use_elementwise_gdns(model))
-        return step, best, saved_average
+        return restored
     lifted = sum(m.lift_stuck_zeros() for m in model.modules() if isinstance(m, SimplifiedGDN))
     if lifted:
         log.info("lifted %d GDN weights stuck at exactly 0 (zero gradient) to a small pedestal", lifted)
-    return step, best, saved_average
+    return restored
 
 
 ADDED_PARAMETERS = ("top_prior.index_param", "prior_lambda.", "context.")   # newer than some checkpoints
@@ -494,19 +520,19 @@ def _load_state(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
         load_optimiser(opt, state["opt"], bool(load_weights(model, state["model"])))
         restore_random_states(state, sampler)
         log.info("resumed from %s at step %d", ckpt, state["step"])
-        return state["step"], state["best"], state.get("ema")
+        return state["step"], state["best"], state.get("ema"), state.get("start_step")
     if cfg.init_from:
         arrays, meta = weights.load_arrays(resolve(cfg.init_from))
         if cfg.init_keep:
             _load_kept_layers(cfg, model, arrays, meta)
-            return 0, float("inf"), None
+            return 0, float("inf"), None, 0
         load_weights(model, widened(weights.float_state_dict(arrays), meta, model.cfg, cfg))
         step = int(meta.get("train", {}).get("step", 0))
         log.info("started from model file %s (trained %d steps)", cfg.init_from, step)
         if undo_equalisation(model.analysis.image, meta.get("int8_equalisation")):   # under no_grad itself
             log.info("its INT8 equalisation undone: the analysis is back at the scales training had")
-        return step, float("inf"), None
-    return 0, float("inf"), None
+        return step, float("inf"), None, step
+    return 0, float("inf"), None, 0
 
 
 def _load_kept_layers(cfg: TrainConfig, model, arrays: dict, meta: dict):
@@ -546,8 +572,9 @@ def train(cfg: TrainConfig):
 
 
 def branch(cfg: TrainConfig, run_dir: Path):
-    """Copy cfg.branch_from's checkpoint and wall time into a run directory that has no checkpoint. The
-    source run may go on training: it replaces last.pt atomically, so the copy is one whole checkpoint."""
+    """Copy cfg.branch_from's checkpoint and wall time into a run directory that has no checkpoint, marked as
+    starting at its step. The source run may go on training: it replaces last.pt atomically, so the copy is
+    one whole checkpoint."""
     if not cfg.branch_from or (run_dir / "last.pt").exists():
         return
     source = resolve(cfg.branch_from)
@@ -556,7 +583,8 @@ def branch(cfg: TrainConfig, run_dir: Path):
     run_dir.mkdir(parents=True, exist_ok=True)
     if (source / "wall_seconds").exists():
         shutil.copyfile(source / "wall_seconds", run_dir / "wall_seconds")
-    shutil.copyfile(source / "last.pt", run_dir / "last.pt.tmp")
+    state = _load_checkpoint(source / "last.pt")
+    torch.save({**state, "start_step": state["step"]}, run_dir / "last.pt.tmp")
     (run_dir / "last.pt.tmp").replace(run_dir / "last.pt")
 
 
@@ -578,7 +606,11 @@ def _train(cfg: TrainConfig):
         model = model.to(memory_format=torch.channels_last)
     calibration = quantisation_aware(cfg, model)   # before the optimiser: it makes new parameters
     opt = torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr)
-    step, best, saved_average = restore(cfg, run_dir, model, opt, sampler)
+    step, best, saved_average, start = restore(cfg, run_dir, model, opt, sampler)
+    cfg = counted_from(cfg, start)
+    if cfg.run_steps:
+        log.info("%d steps from step %d: ends at step %d, lr %.3g to %.3g", cfg.run_steps, start, cfg.steps,
+                 cfg.lr, cfg.lr_end)
     if calibration:
         calibration(model.analysis.image)
     average = restore_average(cfg, model, saved_average)
@@ -627,7 +659,7 @@ def _train(cfg: TrainConfig):
         if step % cfg.checkpoint_every == 0 or validating:
             states = data_parallel.gather(random_states(sampler))
             if main_process:
-                save_checkpoint(run_dir / "last.pt", model, opt, step, sampler, best, average, states[1:])
+                save_checkpoint(run_dir / "last.pt", model, opt, step, sampler, best, average, states[1:], start)
                 _write_wall(run_dir, wall)
             data_parallel.barrier()   # the others wait while the first validates and writes
     log.info("finished at step %d", step)
@@ -782,8 +814,8 @@ def _write_wall(run_dir: Path, wall: float):
 
 def main(args):
     cfg = TrainConfig.from_yaml(args.config)
-    if args.steps is not None:
-        cfg.steps = args.steps
+    if args.steps is not None:   # the count the config gives: run_steps where it counts from its start step
+        setattr(cfg, "run_steps" if cfg.run_steps else "steps", args.steps)
     if args.run_dir:
         cfg.run_dir = args.run_dir
     if args.time_budget is not None:

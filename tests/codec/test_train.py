@@ -10,7 +10,7 @@ import yaml
 from codec.activation_equalisation import gamma_params
 from codec.errors import CodecError
 from codec.model import ModelConfig, NestedLatentCodec
-from codec.train import TrainConfig, cpu_has_bf16, precision_for_this_cpu, train
+from codec.train import TrainConfig, counted_from, cpu_has_bf16, learning_rate, precision_for_this_cpu, train
 from tests.conftest import PROJECT_ROOT, synthetic_image
 
 TINY = {"levels": 2, "channels": 8, "latent_channels": 8, "prior_channels": 8}
@@ -92,6 +92,78 @@ def test_restarts_from_a_model_file_when_checkpoints_are_gone(tmp_path, folders)
     train(TrainConfig(**fresh))
     log = (tmp_path / "run2" / "train.log").read_text()
     assert "started from model file" in log
+    assert torch.load(tmp_path / "run2" / "last.pt", weights_only=False)["step"] == 8
+
+
+def last_lr(run):
+    """The lr the run's last step trained at, as its checkpoint's optimiser recorded it."""
+    return torch.load(run / "last.pt", weights_only=False)["opt"]["param_groups"][0]["lr"]
+
+
+def test_run_steps_count_from_the_model_files_step_and_not_from_each_resume(tmp_path, folders):
+    train(TrainConfig(**config(tmp_path, folders)))   # best.npz: a model file at step 6
+    counted = config(tmp_path, folders, run_dir=str(tmp_path / "run2"), steps=1000, run_steps=3,
+                     init_from=str(tmp_path / "run" / "best.npz"))
+    train(TrainConfig(**counted))
+    run = tmp_path / "run2"
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert (state["step"], state["start_step"]) == (9, 6)
+    assert "3 steps from step 6: ends at step 9" in (run / "train.log").read_text()
+    # the cosine runs over the run's own steps, not the 1,000 the config names
+    assert last_lr(run) == pytest.approx(learning_rate(counted_from(TrainConfig(**counted), 6), 8))
+    assert last_lr(run) < 0.5 * TrainConfig(**counted).lr
+    train(TrainConfig(**{**counted, "run_steps": 4}))   # a resume still counts from step 6
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 10
+
+
+def test_a_branch_with_run_steps_counts_from_the_copied_step_at_the_lr_held_there(tmp_path, folders):
+    main_line = config(tmp_path, folders)
+    train(TrainConfig(**main_line))
+    held = config(tmp_path, folders, run_dir=str(tmp_path / "held"), run_steps=2, hold_lr=True,
+                  branch_from=str(tmp_path / "run"))
+    train(TrainConfig(**held))
+    state = torch.load(tmp_path / "held" / "last.pt", weights_only=False)
+    assert (state["step"], state["start_step"]) == (8, 6)
+    assert last_lr(tmp_path / "held") == pytest.approx(learning_rate(TrainConfig(**main_line), 6))
+
+
+def test_run_steps_on_a_checkpoint_without_a_start_step_is_one_line(tmp_path, folders):
+    train(TrainConfig(**config(tmp_path, folders)))
+    ckpt = tmp_path / "run" / "last.pt"
+    old = torch.load(ckpt, weights_only=False)
+    del old["start_step"]   # as every checkpoint before session 45 was saved
+    torch.save(old, ckpt)
+    with pytest.raises(CodecError, match="its checkpoint predates run_steps .*name steps and decay_start"):
+        train(TrainConfig(**config(tmp_path, folders, run_steps=3)))
+
+
+def test_counted_from_sets_the_end_and_the_schedule_from_the_start_step():
+    cfg = TrainConfig(lr=1e-4, lr_end=1e-5, warmup=10, steps=1010, run_steps=100)
+    decay = counted_from(cfg, 510)
+    assert (decay.steps, decay.decay_start) == (610, 510)
+    assert learning_rate(decay, 510) == pytest.approx(1e-4) and learning_rate(decay, 560) == pytest.approx(5.5e-5)
+    hold = counted_from(TrainConfig(**{**vars(cfg), "hold_lr": True}), 510)
+    assert hold.steps == 610 and hold.lr == hold.lr_end == pytest.approx(5.5e-5)   # the base cosine at 510
+    assert counted_from(TrainConfig(steps=1010), 510).steps == 1010   # no run_steps: as written
+
+
+@pytest.mark.parametrize("settings, message", [
+    ("hold_lr: true", "hold_lr holds the lr at the run's start step: set run_steps > 0"),
+    ("run_steps: -5", "run_steps must be >= 0, got -5"),
+])
+def test_hold_lr_without_run_steps_or_negative_run_steps_is_one_line(tmp_path, settings, message):
+    (tmp_path / "c.yaml").write_text(settings + "\n")
+    with pytest.raises(CodecError, match=message):
+        TrainConfig.from_yaml(tmp_path / "c.yaml")
+
+
+def test_cli_steps_overrides_run_steps_where_the_config_counts_them(tmp_path, folders):
+    from codec.cli import main as cli_main
+    train(TrainConfig(**config(tmp_path, folders)))
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config(tmp_path, folders, run_dir=str(tmp_path / "run2"), run_steps=50,
+                                          init_from=str(tmp_path / "run" / "best.npz"))))
+    assert cli_main(["train", "--config", str(path), "--steps", "2"]) == 0
     assert torch.load(tmp_path / "run2" / "last.pt", weights_only=False)["step"] == 8
 
 
@@ -330,7 +402,7 @@ def test_a_run_starts_from_its_committed_weights_on_a_new_machine(config_name, w
     assert path == PROJECT_ROOT / "codec" / weights_file and path.exists() and not cfg.init_keep
     arrays, meta = weights.load_arrays(path)
     assert load_weights(build_model(cfg), weights.float_state_dict(arrays)) == []
-    assert 0 < meta["train"]["step"] < cfg.steps
+    assert 0 < meta["train"]["step"] < counted_from(cfg, meta["train"]["step"]).steps
 
 
 def test_a_checkpoint_from_before_the_top_prior_resumes_and_learns_it(tmp_path, folders):

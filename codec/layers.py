@@ -1,4 +1,4 @@
-"""Building blocks of the float transforms: simplified GDN and λ-conditioned FiLM."""
+"""Building blocks of the float transforms: simplified GDN, λ-conditioned FiLM, residual blocks."""
 import math
 
 import torch
@@ -110,3 +110,19 @@ def down(cin: int, cout: int, kernel: int = 5):
 def up(cin: int, cout: int, kernel: int = 5):
     """Transposed convolution that exactly doubles the spatial size."""
     return nn.ConvTranspose2d(cin, cout, kernel, stride=2, padding=kernel // 2, output_padding=1)
+
+
+class ResidualBlock(nn.Module):
+    """h + conv(relu(conv(h))), 3x3 both. The second convolution starts at zero, so the block starts as the
+    identity: blocks can be added to a trained synthesis without changing a single decoded pixel, and train
+    from there (its first convolution gets a gradient once the second has moved off zero)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, h):
+        return h + self.conv2(torch.relu(self.conv1(h)))

@@ -16,7 +16,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .lambdas import normalised_log_lambda
-from .layers import SimplifiedGDN, LambdaFiLM, down, rate_gain, up
+from .layers import LambdaFiLM, ResidualBlock, SimplifiedGDN, down, rate_gain, up
 
 LOG2 = math.log(2.0)
 TOP_PRIORS = ("gaussian", "logistic")
@@ -37,10 +37,14 @@ class ModelConfig:
     top_prior: str = "gaussian"  # zL: "gaussian" (learned scale per channel) or "logistic" (fixed)
     prior_lambda: bool = False  # the prior networks see λ (per-channel shifts of every layer; PriorLambda)
     context: bool = False      # z1 is coded in two checkerboard halves, the second seeing the first
+    synthesis_blocks: int = 0  # residual blocks in the synthesis at 1/8 resolution (ResidualBlock): decoder
+                               # depth, which the drone never runs
 
     def __post_init__(self):
         if not 2 <= self.levels <= 4:
             raise ValueError(f"levels must be 2..4, got {self.levels}")
+        if self.synthesis_blocks < 0:
+            raise ValueError(f"synthesis_blocks must be >= 0, got {self.synthesis_blocks}")
         if self.top_prior not in TOP_PRIORS:
             raise ValueError(f"top_prior must be one of {', '.join(TOP_PRIORS)}, got {self.top_prior!r}")
 
@@ -153,11 +157,14 @@ class Synthesis(nn.Module):
         self.convs = nn.ModuleList([up(c, n), up(n, n), up(n, n), up(n, 3)])
         self.gdns = nn.ModuleList([SimplifiedGDN(n, inverse=True) for _ in range(3)])
         self.films = nn.ModuleList([LambdaFiLM(n) for _ in range(3)])
+        self.blocks = nn.Sequential(*[ResidualBlock(n) for _ in range(cfg.synthesis_blocks)])
 
     def forward(self, z, lam):
         h = z / rate_gain(lam, z.dtype)
-        for conv, gdn, film in zip(self.convs[:-1], self.gdns, self.films):
+        for i, (conv, gdn, film) in enumerate(zip(self.convs[:-1], self.gdns, self.films)):
             h = film(gdn(conv(h)), lam)
+            if i == 0:   # at 1/8 resolution: a 3x3 there sees 24 px and costs 1/16 of one at 1/2
+                h = self.blocks(h)
         return self.convs[-1](h).float() + 0.5   # the distortion in float32 under bf16 autocast
 
 

@@ -113,8 +113,10 @@ class TrainConfig:
                                    # model's, +1.8 points BD-rate; 0: plain MSE on them)
     train_only: list = field(default_factory=list)   # parameter-name prefixes that train ("analysis."); the
                                                      # rest stay frozen (empty: everything trains)
-    gdn_lr_gain: float = 0.0       # > 0: the GDNs' γ parameters get their own Adam group at lr times this (a new
-                                   # group layout, so a run switched to it starts with fresh Adam moments)
+    gdn_lr_gain: float = 0.0       # > 0: the GDNs' γ parameters get their own Adam group at lr times this
+    lr_gains: dict = field(default_factory=dict)   # parameter-name prefix -> gain > 0: those parameters get their
+                                                   # own Adam group at lr times the gain (new synthesis blocks,
+                                                   # which start at zero, at a lr that moves them; session 46)
     quantisation_aware: bool = False   # the image analysis runs as the INT8 Q/DQ graph computes it
                                        # (quantisation_aware.py); its activation ranges are re-measured
     recalibrate_every: int = 100       # every this many steps, and before each validation
@@ -179,6 +181,11 @@ def _check_values(path, raw: dict):
         raise CodecError(f"{path}: hold_lr holds the lr at the run's start step: set run_steps > 0 as well")
     if raw.get("gradient_weight", 0.0) < 0:
         raise CodecError(f"{path}: gradient_weight must be >= 0, got {raw['gradient_weight']}")
+    for prefix, gain in raw.get("lr_gains", {}).items():
+        if isinstance(gain, bool) or not isinstance(gain, (int, float)) or gain <= 0:
+            raise CodecError(f"{path}: lr_gains[{prefix!r}] must be a number > 0, got {gain!r}")
+    if raw.get("model", {}).get("synthesis_blocks", 0) < 0:
+        raise CodecError(f"{path}: model.synthesis_blocks must be >= 0, got {raw['model']['synthesis_blocks']}")
     levels = raw.get("model", {}).get("levels", 4)
     if not 2 <= levels <= 4:   # the container codes 2..4 levels
         raise CodecError(f"{path}: model.levels must be 2, 3 or 4, got {levels}")
@@ -424,7 +431,8 @@ def save_checkpoint(path: Path, model, opt, step, sampler, best, average=None, p
     """process_states: random_states() of every data-parallel process but the first (data_parallel.py);
     start: the step the run started at (run_steps counts from it)."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "start_step": start,
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "opt_names": optimiser_names(opt, model),
+                "step": step, "start_step": start,
                 **random_states(sampler),
                 "process_states": process_states or [], "best": best, "model_config": model.cfg.to_dict(),
                 "ema": average.model.state_dict() if average else None}, tmp)
@@ -449,8 +457,8 @@ def restore(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
     return restored
 
 
-ADDED_PARAMETERS = ("top_prior.index_param", "prior_lambda.", "context.")   # newer than some checkpoints
-                                                      # (names, or prefixes ending in "."): start at their init
+ADDED_PARAMETERS = ("top_prior.index_param", "prior_lambda.", "context.", "synthesis.blocks.")
+# newer than some checkpoints (names, or prefixes ending in "."): they start at their init
 
 
 def added(name: str) -> bool:
@@ -473,19 +481,35 @@ def load_weights(model, state: dict) -> list:
     return missing
 
 
-def load_optimiser(opt, state: dict, upgraded: bool):
-    """Added parameters are registered last, so an older state lines up with the first ones; they start
-    with fresh Adam moments. A checkpoint of a run that trained other parameters (a train_only branch off
-    the main line) cannot line up: every moment starts fresh."""
-    if [len(g["params"]) for g in state["param_groups"]] != [len(g["params"]) for g in opt.param_groups] \
-            and not upgraded:
+def optimiser_names(opt, model) -> list:
+    """The names of the optimiser's parameters in its own numbering (group by group), which its state uses."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for g in opt.param_groups for p in g["params"]]
+
+
+def load_optimiser(opt, state: dict, model, missing: list, saved_names: list | None = None):
+    """The checkpoint's Adam moments, each put back on the parameter it belongs to by name, whatever the group
+    layout; parameters the checkpoint lacked (`missing`) start with fresh moments. A checkpoint of a run that
+    trained other parameters (a train_only branch off the main line) cannot line up: every moment starts
+    fresh."""
+    ours = optimiser_names(opt, model)
+    theirs = saved_names or legacy_names(state, opt, model, set(missing))
+    if theirs is None or not set(theirs) <= set(ours):
         log.info("the checkpoint's optimiser state is for other parameters (train_only?): fresh Adam moments")
         return
-    if upgraded:
-        ours = opt.state_dict()["param_groups"]
-        state = {**state, "param_groups": [{**g, "params": o["params"]}
-                                           for g, o in zip(state["param_groups"], ours)]}
-    opt.load_state_dict(state)
+    index = {n: i for i, n in enumerate(ours)}
+    opt.load_state_dict({"state": {index[theirs[k]]: v for k, v in state["state"].items()},
+                         "param_groups": opt.state_dict()["param_groups"]})
+
+
+def legacy_names(state: dict, opt, model, missing: set) -> list | None:
+    """The names behind a checkpoint saved before checkpoints named them: its groups laid out as ours, less
+    the parameters it lacked, or one group over the model's parameters in order; None if neither fits."""
+    sizes = [len(g["params"]) for g in state["param_groups"]]
+    if not missing and sizes == [len(g["params"]) for g in opt.param_groups]:
+        return optimiser_names(opt, model)
+    in_order = [n for n, _ in model.named_parameters() if n not in missing]
+    return in_order if sizes == [len(in_order)] else None
 
 
 def restore_average(cfg: TrainConfig, model, saved):
@@ -517,7 +541,7 @@ def _load_state(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
     ckpt = run_dir / "last.pt"
     if ckpt.exists():
         state = _load_checkpoint(ckpt)
-        load_optimiser(opt, state["opt"], bool(load_weights(model, state["model"])))
+        load_optimiser(opt, state["opt"], model, load_weights(model, state["model"]), state.get("opt_names"))
         restore_random_states(state, sampler)
         log.info("resumed from %s at step %d", ckpt, state["step"])
         return state["step"], state["best"], state.get("ema"), state.get("start_step")
@@ -678,22 +702,28 @@ def trainable(model, prefixes: list) -> list:
 
 
 def param_groups(model, cfg: TrainConfig) -> list:
-    """The optimiser's parameter groups: one, or with gdn_lr_gain the GDN γ parameters apart.
+    """The optimiser's parameter groups: one, or with gdn_lr_gain the GDN γ parameters apart, and with lr_gains
+    the parameters under each prefix apart.
 
     Why a gain: Adam moves each parameter by about lr per step when its gradient keeps its sign, and much
     less when the gradient is noisy. Most trained GDNs work nearly linearly (`python -m codec bench-gdn`: median
     γ·|x|/β at the 99th percentile of |x| 0.02-0.08 in the analysis, ~0 in two of the three synthesis layers
     at step 75,900), and only one layer's grew over 70,000 steps; a larger step for γ alone tests whether
     more nonlinearity is wanted but slow to reach."""
-    params = trainable(model, cfg.train_only)
-    if cfg.gdn_lr_gain <= 0:
-        return [{"params": params}]
-    gammas = {id(p) for name, p in model.named_parameters() if name.endswith("gamma_param")}
-    gdn = [p for p in params if id(p) in gammas]
-    if not gdn:
-        raise CodecError("gdn_lr_gain is set, but no GDN γ parameter trains")
-    return [{"params": [p for p in params if id(p) not in gammas]},
-            {"params": gdn, "lr_gain": cfg.gdn_lr_gain}]
+    kept = {id(p) for p in trainable(model, cfg.train_only)}
+    params = [(name, p) for name, p in model.named_parameters() if id(p) in kept]
+    gains = [(lambda n: n.endswith("gamma_param"), cfg.gdn_lr_gain, "gdn_lr_gain is set, but no GDN γ parameter")] \
+        if cfg.gdn_lr_gain > 0 else []
+    gains += [(lambda n, x=prefix: n.startswith(x), gain, f"lr_gains[{prefix!r}] matches no parameter that")
+              for prefix, gain in cfg.lr_gains.items()]
+    groups = [{"params": []}] + [{"params": [], "lr_gain": gain} for _, gain, _ in gains]
+    for name, p in params:   # each parameter in the first group whose rule it matches
+        hit = next((i + 1 for i, (rule, _, _) in enumerate(gains) if rule(name)), 0)
+        groups[hit]["params"].append(p)
+    for (_, _, what), group in zip(gains, groups[1:]):
+        if not group["params"]:
+            raise CodecError(f"{what} trains")
+    return [g for g in groups if g["params"]]
 
 
 def quantisation_aware(cfg: TrainConfig, model):

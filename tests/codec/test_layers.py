@@ -1,8 +1,9 @@
-"""The GDN's per-element form: used when Γ is exactly diagonal, the same function as the 1x1 convolution."""
+"""The GDN's per-element form (used when Γ is exactly diagonal, the same function as the 1x1 convolution);
+the residual block that starts as the identity."""
 import pytest
 import torch
 
-from codec.layers import SimplifiedGDN, use_elementwise_gdns
+from codec.layers import ResidualBlock, SimplifiedGDN, use_elementwise_gdns
 
 
 def diagonal_gdn(channels=6, inverse=False, seed=0):
@@ -49,3 +50,17 @@ def test_lifting_stuck_zeros_switches_back_to_the_convolution():
     x = torch.randn(1, 6, 4, 4)
     expected = x / torch.nn.functional.conv2d(x.abs(), gdn.gamma_param.square(), gdn.beta())
     torch.testing.assert_close(gdn(x), expected)
+
+
+def test_a_residual_block_starts_as_the_identity_and_then_learns():
+    torch.manual_seed(0)
+    block = ResidualBlock(6)
+    h = torch.randn(2, 6, 5, 7)
+    assert torch.equal(block(h), h)
+    opt = torch.optim.SGD(block.parameters(), lr=0.1)
+    for _ in range(2):   # the first step moves the second convolution off zero, the second the first one
+        opt.zero_grad()
+        block(h).sub(h.flip(-1)).square().mean().backward()
+        opt.step()
+    assert block.conv2.weight.abs().max() > 0 and block.conv1.weight.grad.abs().max() > 0
+    assert not torch.equal(block(h), h)

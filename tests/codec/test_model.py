@@ -1,4 +1,4 @@
-"""The float model: the learned prior of the top level zL."""
+"""The float model: the learned prior of the top level zL; residual blocks added to a trained synthesis."""
 import math
 
 import pytest
@@ -88,3 +88,16 @@ def test_priors_conditioned_on_lambda_start_as_the_unconditioned_model_and_then_
         low = conditioned.top_down(ys, lam=torch.tensor([64.0]))[1][0]
         high = conditioned.top_down(ys, lam=torch.tensor([8192.0]))[1][0]
     assert not torch.equal(low, high)
+
+
+def test_synthesis_blocks_added_to_trained_weights_decode_the_same_picture():
+    torch.manual_seed(0)
+    trained = NestedLatentCodec(ModelConfig(**SMALL))
+    deeper = NestedLatentCodec(ModelConfig(**SMALL, synthesis_blocks=2))
+    missing, unexpected = deeper.load_state_dict(trained.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("synthesis.blocks.") for k in missing)
+    z, lam = torch.randn(1, 4, 3, 5) * 4, torch.tensor([1024.0])
+    with torch.no_grad():
+        assert torch.equal(deeper.synthesis(z, lam), trained.synthesis(z, lam))
+    with pytest.raises(ValueError, match="synthesis_blocks must be >= 0, got -1"):
+        ModelConfig(synthesis_blocks=-1)

@@ -468,7 +468,8 @@ def test_a_checkpoint_resumes_with_synthesis_blocks_every_adam_moment_on_its_own
     weights.save_arrays(tmp_path / "m.npz", build_model_arrays(net.eval(), images), {"config": net.cfg.to_dict()})
     model = CodecModel.load(tmp_path / "m.npz")   # the ground decodes through the blocks it was given
     decoder_block = model.torch_model.synthesis.blocks[0].conv2.weight
-    torch.testing.assert_close(decoder_block, new["ema"]["synthesis.blocks.0.conv2.weight"], atol=1e-3, rtol=1e-2)
+    trained_block = new["ema"]["synthesis.blocks.0.conv2.weight"]
+    assert decoder_block.abs().max() > 0 and torch.equal(decoder_block, trained_block.half().float())   # float16 file
     photo = Photo(synthetic_image(64, 64, 5))
     assert api.decompress(model, api.compress(model, photo, 100).data).pixels.shape == (64, 64, 3)
 

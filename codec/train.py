@@ -184,11 +184,13 @@ def _check_values(path, raw: dict):
     for prefix, gain in raw.get("lr_gains", {}).items():
         if isinstance(gain, bool) or not isinstance(gain, (int, float)) or gain <= 0:
             raise CodecError(f"{path}: lr_gains[{prefix!r}] must be a number > 0, got {gain!r}")
-    if raw.get("model", {}).get("synthesis_blocks", 0) < 0:
-        raise CodecError(f"{path}: model.synthesis_blocks must be >= 0, got {raw['model']['synthesis_blocks']}")
     levels = raw.get("model", {}).get("levels", 4)
     if not 2 <= levels <= 4:   # the container codes 2..4 levels
         raise CodecError(f"{path}: model.levels must be 2, 3 or 4, got {levels}")
+    try:   # the model's own checks (synthesis_blocks, top_prior), now rather than when training builds it
+        ModelConfig(**raw.get("model", {}))
+    except ValueError as e:
+        raise CodecError(f"{path}: model.{e}") from None
     for lam in raw.get("val_lambdas", []):
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not LAMBDA_MIN <= lam <= LAMBDA_MAX:
             raise CodecError(f"{path}: val_lambdas must be numbers in [{LAMBDA_MIN:g}, {LAMBDA_MAX:g}], got {lam!r}")
@@ -690,12 +692,13 @@ def _train(cfg: TrainConfig):
 
 
 def trainable(model, prefixes: list) -> list:
-    """The parameters whose names start with one of prefixes (all when there are none); freezes the rest."""
+    """(name, parameter) of the parameters whose names start with one of prefixes (all when there are none);
+    freezes the rest."""
     params = []
     for name, p in model.named_parameters():
         p.requires_grad_(not prefixes or any(name.startswith(x) for x in prefixes))
         if p.requires_grad:
-            params.append(p)
+            params.append((name, p))
     if not params:
         raise CodecError(f"train_only {prefixes} matches no parameter of the model")
     return params
@@ -710,8 +713,7 @@ def param_groups(model, cfg: TrainConfig) -> list:
     γ·|x|/β at the 99th percentile of |x| 0.02-0.08 in the analysis, ~0 in two of the three synthesis layers
     at step 75,900), and only one layer's grew over 70,000 steps; a larger step for γ alone tests whether
     more nonlinearity is wanted but slow to reach."""
-    kept = {id(p) for p in trainable(model, cfg.train_only)}
-    params = [(name, p) for name, p in model.named_parameters() if id(p) in kept]
+    params = trainable(model, cfg.train_only)
     gains = [(lambda n: n.endswith("gamma_param"), cfg.gdn_lr_gain, "gdn_lr_gain is set, but no GDN γ parameter")] \
         if cfg.gdn_lr_gain > 0 else []
     gains += [(lambda n, x=prefix: n.startswith(x), gain, f"lr_gains[{prefix!r}] matches no parameter that")

@@ -41,8 +41,8 @@ class ModelConfig:
                                # depth, which the drone never runs
 
     def __post_init__(self):
-        if not 2 <= self.levels <= 4:
-            raise ValueError(f"levels must be 2..4, got {self.levels}")
+        if not 2 <= self.levels <= 4:   # the container codes 2..4 levels
+            raise ValueError(f"levels must be 2, 3 or 4, got {self.levels}")
         if self.synthesis_blocks < 0:
             raise ValueError(f"synthesis_blocks must be >= 0, got {self.synthesis_blocks}")
         if self.top_prior not in TOP_PRIORS:

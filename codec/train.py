@@ -184,10 +184,7 @@ def _check_values(path, raw: dict):
     for prefix, gain in raw.get("lr_gains", {}).items():
         if isinstance(gain, bool) or not isinstance(gain, (int, float)) or gain <= 0:
             raise CodecError(f"{path}: lr_gains[{prefix!r}] must be a number > 0, got {gain!r}")
-    levels = raw.get("model", {}).get("levels", 4)
-    if not 2 <= levels <= 4:   # the container codes 2..4 levels
-        raise CodecError(f"{path}: model.levels must be 2, 3 or 4, got {levels}")
-    try:   # the model's own checks (synthesis_blocks, top_prior), now rather than when training builds it
+    try:   # the model's own checks (levels, synthesis_blocks, top_prior), now rather than when training builds it
         ModelConfig(**raw.get("model", {}))
     except ValueError as e:
         raise CodecError(f"{path}: model.{e}") from None

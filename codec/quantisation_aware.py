@@ -32,16 +32,18 @@ from .model import ImageAnalysis
 
 log = logging.getLogger("codec.train")
 
-LEVELS = 127          # symmetric int8: [-127, 127], zero point 0 (what TensorRT requires)
+LEVELS = 127          # symmetric int8, zero point 0 (what TensorRT requires): scale = range / 127; weights
+                      # span [-127, 127], activations clamp to [-128, 127] (ONNX QuantizeLinear, TensorRT's
+                      # IQuantizeLayer); until session 49 the emulation clamped activations at -127
 HISTOGRAM_BINS = 2048   # as ONNX Runtime's percentile calibrator
 
 
-def fake_quantise(x, scale):
-    """Round to the symmetric int8 grid of `scale` (a tensor broadcastable to x); gradient passes straight
-    through inside the range and stops outside it, where the int8 value is clamped. Computed in float32:
-    bfloat16 cannot hold x / scale to the nearest integer."""
+def fake_quantise(x, scale, lowest: int = -LEVELS - 1):
+    """Round to the int8 grid of `scale` (a tensor broadcastable to x), clamped to [lowest, 127]; gradient
+    passes straight through inside the range and stops outside it. Computed in float32: bfloat16 cannot hold
+    x / scale to the nearest integer."""
     q = x.float() / scale
-    clamped = q.clamp(-LEVELS, LEVELS)
+    clamped = q.clamp(lowest, LEVELS)
     return ((clamped + (torch.round(clamped) - clamped).detach()) * scale).to(x.dtype)
 
 
@@ -89,7 +91,7 @@ class QuantisationAwareImageAnalysis(ImageAnalysis):
     def _weights(self, i: int):
         w, b = self.folded(i)
         if i > 0 and self.quantise_weights:   # the first Conv stays in float
-            w = fake_quantise(w, weight_scale(w))
+            w = fake_quantise(w, weight_scale(w), -LEVELS)
         return w, b
 
     def _quantised_input(self, i: int, h, taps):

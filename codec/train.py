@@ -31,6 +31,7 @@ from . import data_parallel, weights
 from .flat_area_weighting import flat_area_weights
 from .gradient_distortion import gradient_squared_error
 from .synthetic_defects import MAX_MARKS, add_marks, mark_weights
+from .transform_widening import widen_transforms
 from .z1_widening import widen_z1
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -77,6 +78,9 @@ class TrainConfig:
                                    # that reuses a trained model's outer layers; empty: take every weight)
     widen_analysis_gain: float = 0.0   # when init_from has a narrower z1: the new channels' start
     widen_prior_index: float = 0.0     # (z1_widening.widen_z1; both 0: switched off)
+    widen_noise: float = 0.01      # when init_from has narrower transforms (model.channels): noise on the copied
+                                   # channels' incoming weights, this fraction of each layer's weight spread
+                                   # (transform_widening.py; 0: the same function, copies that never part)
     model: dict = field(default_factory=dict)
     channels_last: bool = False
     compile: bool = False          # torch.compile the training forward pass (bench-train: ~1.4x steps/s)
@@ -549,11 +553,9 @@ def _load_state(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
         if cfg.init_keep:
             _load_kept_layers(cfg, model, arrays, meta)
             return 0, float("inf"), None, 0
-        load_weights(model, widened(weights.float_state_dict(arrays), meta, model.cfg, cfg))
+        load_weights(model, widened(file_weights(arrays, meta, model.cfg), meta, model.cfg, cfg))
         step = int(meta.get("train", {}).get("step", 0))
         log.info("started from model file %s (trained %d steps)", cfg.init_from, step)
-        if undo_equalisation(model.analysis.image, meta.get("int8_equalisation")):   # under no_grad itself
-            log.info("its INT8 equalisation undone: the analysis is back at the scales training had")
         return step, float("inf"), None, step
     return 0, float("inf"), None, 0
 
@@ -561,11 +563,9 @@ def _load_state(cfg: TrainConfig, run_dir: Path, model, opt, sampler):
 def _load_kept_layers(cfg: TrainConfig, model, arrays: dict, meta: dict):
     """The parameters named by cfg.init_keep, from cfg.init_from's arrays (its INT8 equalisation undone first,
     in a model of the file's own shape); every other parameter keeps its random start."""
-    source = NestedLatentCodec(ModelConfig.from_dict(meta["config"]))
-    load_weights(source, weights.float_state_dict(arrays))
-    undo_equalisation(source.analysis.image, meta.get("int8_equalisation"))
     ours = model.state_dict()
-    kept = {k: v for k, v in source.state_dict().items() if any(k.startswith(p) for p in cfg.init_keep)}
+    kept = {k: v for k, v in file_weights(arrays, meta, model.cfg).items()
+            if any(k.startswith(p) for p in cfg.init_keep)}
     misfits = [k for k, v in kept.items() if k not in ours or ours[k].shape != v.shape]
     if misfits or not kept:
         raise CodecError(f"init_keep {cfg.init_keep}: "
@@ -576,10 +576,29 @@ def _load_kept_layers(cfg: TrainConfig, model, arrays: dict, meta: dict):
              cfg.init_from, ", ".join(cfg.init_keep))
 
 
+def file_config(meta: dict, model_cfg: ModelConfig) -> ModelConfig:
+    """A model file's own model shape (model_cfg's when the file predates recording it)."""
+    return ModelConfig.from_dict(meta["config"]) if "config" in meta else model_cfg
+
+
+def file_weights(arrays: dict, meta: dict, model_cfg: ModelConfig) -> dict:
+    """A model file's weights as training had them, in a model of the file's own shape: its INT8 equalisation,
+    which rescales the analysis' channels, undone."""
+    source = NestedLatentCodec(file_config(meta, model_cfg))
+    load_weights(source, weights.float_state_dict(arrays))
+    if undo_equalisation(source.analysis.image, meta.get("int8_equalisation")):   # under no_grad itself
+        log.info("its INT8 equalisation undone: the analysis is back at the scales training had")
+    return source.state_dict()
+
+
 def widened(state: dict, meta: dict, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
-    """The weights of a model file, given the configured number of z1 channels if it had fewer."""
-    c1 = model_cfg.c1
-    old_c1 = ModelConfig.from_dict(meta["config"]).c1 if "config" in meta else c1
+    """The weights of a model file, given the configured numbers of transform and z1 channels if it had fewer."""
+    file_cfg = file_config(meta, model_cfg)
+    if file_cfg.channels < model_cfg.channels:
+        log.info("transforms widened from %d to %d channels (transform_widening.py, noise %g)", file_cfg.channels,
+                 model_cfg.channels, cfg.widen_noise)
+        state = widen_transforms(state, file_cfg.channels, model_cfg.channels, cfg.seed, cfg.widen_noise)
+    c1, old_c1 = model_cfg.c1, file_cfg.c1
     if old_c1 == c1:
         return state
     if old_c1 > c1:

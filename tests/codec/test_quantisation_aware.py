@@ -2,8 +2,10 @@
 and training that moves the analysis alone."""
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
+import torch.nn.functional as F
 from onnx import numpy_helper
 
 from calibration.calibration_set import CalibrationSet
@@ -36,11 +38,12 @@ def diagonal_model(seed: int = 0) -> NestedLatentCodec:
     return net
 
 
-def test_fake_quantise_rounds_to_the_symmetric_grid_and_passes_gradients_inside_it():
+def test_fake_quantise_rounds_to_the_int8_grid_and_passes_gradients_inside_it():
     scale = torch.tensor(0.1)
     x = torch.tensor([0.04, 0.06, -0.26, 12.8, -13.0, 3.0], requires_grad=True)
     y = fake_quantise(x, scale)
-    assert torch.allclose(y, torch.tensor([0.0, 0.1, -0.3, 12.7, -12.7, 3.0]))
+    assert torch.allclose(y, torch.tensor([0.0, 0.1, -0.3, 12.7, -12.8, 3.0]))   # activations: [-128, 127]
+    assert torch.allclose(fake_quantise(x, scale, -LEVELS)[4], torch.tensor(-12.7))   # weights: [-127, 127]
     assert torch.allclose(y / scale, (y / scale).round())
     y.sum().backward()
     assert x.grad.tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 1.0]   # clamped values get no gradient
@@ -105,7 +108,8 @@ def test_it_computes_what_onnx_runtime_runs_in_the_qdq_graph(default_model, phot
     calibrator's activation scales and lands far closer to the INT8 graph's y1 than the float analysis does.
     (Without the frame-edge channel rescaling of calibration/flat_field_ranges.py and the pooled ranges of
     calibration/pooled_ranges.py, which it does not model.) Error against the graph's y1, emulated over plain,
-    4 synthetic images x λ 64 / 1024 / 8192: f9518dda 0.15-0.25, b7f73249 (session 48) 0.34-0.53. Given the same
+    4 synthetic images x λ 64 / 1024 / 8192: f9518dda 0.15-0.25, b7f73249 (session 48) 0.34-0.53 (0.31-0.53 once
+    activations clamped at -128 as the graph's do, session 49). Given the same
     inputs each quantised Conv computes what the graph's does (to 1e-8); what is left comes from float noise
     that rounds 0.01-0.02 % of the second Conv's inputs to the other level, and those flips spread: 5 % of the
     last Conv's inputs flip for b7f73249, 0.4 % for f9518dda (seed 99, λ 8192). A TensorRT engine's own float
@@ -130,6 +134,50 @@ def test_it_computes_what_onnx_runtime_runs_in_the_qdq_graph(default_model, phot
             qat.quantise_weights = qat.quantise_activations = True
         err = lambda a: float(np.sqrt(np.mean((a - ort_int8) ** 2)))
         assert err(emulated) < 0.6 * err(plain), (lam, err(emulated), err(plain))
+
+
+def quantised_convs_tapped(qdq_path, out_path) -> list:
+    """Each quantised Conv of the Q/DQ graph as (pre-quantiser input, scale, dequantised input, output) tensor
+    names, all four made graph outputs in a copy saved at out_path."""
+    m = onnx.load(str(qdq_path))
+    init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    producer = producers(m)
+    rows = []
+    for conv in (n for n in m.graph.node if n.op_type == "Conv"):
+        dq = producer.get(conv.input[0])
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            q = producer[dq.input[0]]
+            rows.append((q.input[0], float(init[q.input[1]]), conv.input[0], conv.output[0]))
+    for name in {n for row in rows for n in (row[0], row[2], row[3])}:
+        m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    onnx.save(m, str(out_path))
+    return rows
+
+
+def test_each_quantised_conv_computes_what_the_graph_does_given_the_graphs_own_input(default_model, photo_dir,
+                                                                                       tmp_path):
+    """The arithmetic, Conv by Conv, without the float noise that the y1 test above lets spread from layer to
+    layer: fed the tensor the graph quantises, the emulation's quantiser (at the graph's scale) gives the
+    graph's dequantised input, and its folded, per-channel quantised weights give the graph's Conv output."""
+    image_onnx, _ = export_stamped(default_model, tmp_path)
+    cal = CalibrationSet(photo_dir, count=8, crop=(96, 128), varied=None)
+    quantize_encoder(image_onnx, tmp_path / "encoder.int8.onnx", cal, fit_edges=False)
+    rows = quantised_convs_tapped(tmp_path / "encoder.int8.onnx", tmp_path / "tapped.onnx")
+    assert len(rows) == 3   # every Conv but the first, which stays in float
+    qat = QuantisationAwareImageAnalysis.from_analysis(default_model.torch_model.analysis.image,
+                                                       default_model.torch_model.cfg)
+    session = ort.InferenceSession(str(tmp_path / "tapped.onnx"), providers=["CPUExecutionProvider"])
+    x = synthetic_image(96, 128, seed=99).transpose(2, 0, 1)[None].astype(np.float32) / 255
+    for lam in (64.0, 8192.0):
+        outs = session.run(None, {"x": x, "lam": np.array([lam], np.float32)})
+        got = dict(zip([o.name for o in session.get_outputs()], outs))
+        for i, (before, scale, dequantised, out) in enumerate(rows, start=1):
+            quantised = fake_quantise(torch.from_numpy(got[before]), torch.tensor(scale)).numpy()
+            assert np.mean(quantised != got[dequantised]) < 1e-4, (lam, i)   # ties may round either way
+            with torch.no_grad():
+                u = F.conv2d(torch.from_numpy(got[dequantised]), *qat._weights(i), stride=2, padding=2).numpy()
+            rms = float(np.sqrt(np.mean((u - got[out]) ** 2)))
+            assert rms < 1e-5 * float(np.abs(got[out]).mean()), (lam, i, rms)
 
 
 def test_quantisation_aware_training_moves_only_the_analysis(tmp_path, folders):

@@ -1,0 +1,139 @@
+import pytest
+import torch
+
+from codec import weights
+from codec.errors import CodecError
+from codec.model import ModelConfig, NestedLatentCodec
+from codec.train import TrainConfig, train
+from codec.transform_widening import sources, widen_transforms
+from tests.codec.test_train import TINY, config, equalised_model_files
+from tests.conftest import PROJECT_ROOT
+from tests.codec.test_quantisation_aware import TINY as DIAGONAL
+
+SMALL = dict(levels=3, channels=8, latent_channels=8, prior_channels=8, prior_lambda=True, context=True,
+             z1_channels=12)
+
+
+def trained_looking(cfg: dict, diagonal: bool) -> NestedLatentCodec:
+    """A random model whose FiLMs depend on λ and whose GDNs are diagonal or carry off-diagonal weight."""
+    torch.manual_seed(0)
+    net = NestedLatentCodec(ModelConfig(**cfg)).eval()
+    with torch.no_grad():
+        for gdn in [*net.analysis.image.gdns, *net.synthesis.gdns]:
+            n = gdn.beta_param.numel()
+            gdn.gamma_param.copy_(torch.rand(n, n, 1, 1) * 0.3)
+            if diagonal:
+                gdn.gamma_param.mul_(torch.eye(n).view(n, n, 1, 1))
+            gdn.beta_param.uniform_(0.5, 1.5)
+        for film in [*net.analysis.image.films, *net.synthesis.films]:
+            film.net[2].weight.normal_(0, 0.3)
+    return net
+
+
+def grown(net: NestedLatentCodec, new_n: int, noise: float = 0.0) -> NestedLatentCodec:
+    wide = NestedLatentCodec(ModelConfig(**{**net.cfg.to_dict(), "channels": new_n})).eval()
+    wide.load_state_dict(widen_transforms(net.state_dict(), net.cfg.channels, new_n, seed=1, noise=noise))
+    return wide
+
+
+def outputs(net, x, lam):
+    with torch.no_grad():
+        out = net(x, lam, noisy=False)
+        return out["ys"], out["x_hat"], out["bpp"]
+
+
+@pytest.mark.parametrize("diagonal", [True, False])
+@pytest.mark.parametrize("new_n", [12, 20])   # 20: some channels copied twice
+def test_a_widened_model_starts_as_the_same_function(diagonal, new_n):
+    narrow = trained_looking(SMALL, diagonal)
+    wide = grown(narrow, new_n)
+    x, lam = torch.rand(1, 3, 64, 96), torch.tensor([2048.0])
+    (ys_a, x_a, bpp_a), (ys_b, x_b, bpp_b) = outputs(narrow, x, lam), outputs(wide, x, lam)
+    for a, b in zip(ys_a, ys_b):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(x_a, x_b, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(bpp_a, bpp_b, rtol=1e-4)
+    assert wide.analysis.image.convs[1].weight.shape == (new_n, new_n, 5, 5)
+    assert wide.synthesis.convs[3].weight.shape == (new_n, 3, 5, 5)
+
+
+def test_a_diagonal_gdn_stays_diagonal_so_the_int8_graph_can_fold_it():
+    wide = grown(trained_looking(SMALL, diagonal=True), 12)
+    for gdn in [*wide.analysis.image.gdns, *wide.synthesis.gdns]:
+        assert gdn.is_diagonal()
+
+
+def test_noise_sets_the_copies_apart_and_changes_the_output_a_little():
+    narrow = trained_looking(SMALL, diagonal=True)
+    quiet, noisy = grown(narrow, 12), grown(narrow, 12, noise=0.01)
+    source = sources(8, 12, torch.Generator().manual_seed(1))   # the first layer's draw (seed 1)
+    w = noisy.analysis.image.convs[0].weight
+    assert not torch.allclose(w[8:], w[source[8:]])
+    assert torch.equal(w[:8], narrow.analysis.image.convs[0].weight)   # the trained channels keep theirs
+    x, lam = torch.rand(1, 3, 64, 96), torch.tensor([2048.0])
+    x_quiet, x_noisy = outputs(quiet, x, lam)[1], outputs(noisy, x, lam)[1]
+    change = float((x_noisy - x_quiet).abs().max())
+    assert 0 < change < 0.05
+
+
+def test_sources_copy_every_channel_once_before_any_twice():
+    s = sources(8, 20, torch.Generator().manual_seed(0))
+    assert torch.equal(s[:8], torch.arange(8))
+    counts = torch.bincount(s[8:], minlength=8)
+    assert counts.min() >= 1 and counts.max() <= 2 and int(counts.sum()) == 12
+
+
+def test_the_transforms_cannot_shrink_and_residual_blocks_are_refused():
+    narrow = trained_looking(SMALL, diagonal=True)
+    with pytest.raises(ValueError, match="can only grow"):
+        widen_transforms(narrow.state_dict(), 8, 8)
+    blocks = NestedLatentCodec(ModelConfig(**{**SMALL, "synthesis_blocks": 1}))
+    with pytest.raises(ValueError, match="residual blocks"):
+        widen_transforms(blocks.state_dict(), 8, 12)
+
+
+def test_a_start_from_a_narrower_equalised_file_undoes_equalisation_then_widens(tmp_path):
+    """The bundled model file is INT8-equalised: the channels are copied at the scales training had."""
+    from codec.train import _load_state
+    trained = equalised_model_files(tmp_path)
+    wide_cfg = {**DIAGONAL, "channels": 12}
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), init_from=str(tmp_path / "new.npz"), model=wide_cfg,
+                      widen_noise=0.0)
+    model = NestedLatentCodec(ModelConfig(**wide_cfg)).eval()
+    assert _load_state(cfg, tmp_path / "run", model, None, None)[0] == 5
+    x, lam = torch.rand(1, 3, 64, 96), torch.tensor([2048.0])
+    (ys_a, x_a, _), (ys_b, x_b, _) = outputs(trained.eval(), x, lam), outputs(model, x, lam)
+    assert torch.allclose(ys_a[0], ys_b[0], rtol=2e-2, atol=2e-2)   # float16 file
+    assert torch.allclose(x_a, x_b, rtol=2e-2, atol=2e-2)
+
+
+def test_training_from_a_narrower_model_file_grows_its_transforms(tmp_path, folders):
+    train(TrainConfig(**config(tmp_path, folders, steps=3)))
+    run = config(tmp_path, folders, run_dir=str(tmp_path / "wide"), steps=6, model={**TINY, "channels": 12},
+                 init_from=str(tmp_path / "run" / "last.npz"))
+    train(TrainConfig(**run))
+    assert "transforms widened from 8 to 12 channels" in (tmp_path / "wide" / "train.log").read_text()
+    state = torch.load(tmp_path / "wide" / "last.pt", weights_only=False)
+    assert state["step"] == 6 and state["model"]["synthesis.convs.1.weight"].shape == (12, 12, 5, 5)
+    before = weights.float_state_dict(weights.load_arrays(tmp_path / "run" / "last.npz")[0])
+    assert not torch.equal(state["model"]["analysis.image.convs.0.weight"][:8],
+                           before["analysis.image.convs.0.weight"].float())   # and it trains
+    with pytest.raises(CodecError, match="do not fit"):   # narrowing is refused in one line
+        train(TrainConfig(**config(tmp_path, folders, run_dir=str(tmp_path / "narrow"), steps=4,
+                                   init_from=str(tmp_path / "wide" / "last.npz"))))
+
+
+def test_lineage_d_grows_the_bundled_model_and_starts_near_its_pictures(tmp_path, default_model):
+    """configs/lineage_n160.yaml on a new machine: the bundled (INT8-equalised) file, its transforms grown to
+    160 channels with the config's noise, at the file's step; the decoded picture moves by the noise alone."""
+    from codec.train import _load_state, build_model
+    cfg = TrainConfig.from_yaml(PROJECT_ROOT / "codec" / "configs" / "lineage_n160.yaml")
+    model = build_model(cfg).eval()
+    assert model.cfg.channels == 160 and cfg.widen_noise > 0
+    step = _load_state(cfg, tmp_path / "run", model, None, None)[0]
+    assert step == default_model.meta["train"]["step"]
+    bundled = default_model.torch_model.eval()
+    x, lam = torch.rand(1, 3, 64, 64), torch.tensor([1024.0])
+    (_, x_a, bpp_a), (_, x_b, bpp_b) = outputs(bundled, x, lam), outputs(model, x, lam)
+    assert 0 < float((x_a - x_b).abs().mean()) < 0.01
+    assert abs(float(bpp_b / bpp_a) - 1) < 0.05

@@ -584,7 +584,8 @@ def file_config(meta: dict, model_cfg: ModelConfig) -> ModelConfig:
 def file_weights(arrays: dict, meta: dict, model_cfg: ModelConfig) -> dict:
     """A model file's weights as training had them, in a model of the file's own shape: its INT8 equalisation,
     which rescales the analysis' channels, undone."""
-    source = NestedLatentCodec(file_config(meta, model_cfg))
+    with torch.random.fork_rng():   # the model's random start is overwritten: leave the run's random stream as it was
+        source = NestedLatentCodec(file_config(meta, model_cfg))
     load_weights(source, weights.float_state_dict(arrays))
     if undo_equalisation(source.analysis.image, meta.get("int8_equalisation")):   # under no_grad itself
         log.info("its INT8 equalisation undone: the analysis is back at the scales training had")

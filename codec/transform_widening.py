@@ -4,7 +4,7 @@ what it has learned: Net2WiderNet (Chen, Goodfellow and Shlens, "Net2Net", ICLR 
 Each new channel of a hidden layer is a copy of a trained one: the same incoming weights, bias, GDN β and γ
 and λ-FiLM rows, so it computes the same value, and the layer after it reads the original and its copies
 with that channel's weights divided among them, so the sum is unchanged. The widened model is the same
-function, bits included. A copy and its original would get the same gradients for good (their outgoing
+function up to float rounding. A copy and its original would get the same gradients for good (their outgoing
 weights are equal), so `noise` adds a little Gaussian noise to the copies' incoming weights (that fraction
 of the layer's weight spread), as the paper does, which sets them apart.
 
@@ -15,8 +15,10 @@ Why grow rather than train a wide model from scratch: lineage C's wider z1 neede
 main line from random weights (sessions 29-35); a grown model starts where the trained one is. Whether the
 new channels then pay is a measurement (model card).
 
-The GDNs: β + Γ|x| per channel. A copy's row of Γ is its original's, with the diagonal entry on the copy's own
-|x| (equal to the original's), so a diagonal Γ stays diagonal, as the INT8 graph's folding needs.
+The GDNs: β + Γ|x| per channel. A copy's row of Γ is its original's, except that the weight the original puts
+on its own |x| the copy puts on its own |x| (the same value), so a diagonal Γ stays diagonal, as the INT8
+graph's folding needs. Entries that start at exactly 0 (the copies' columns) have no gradient through Γ's
+square-root parameter and stay 0: a copy's |x| only ever enters its own normalisation.
 """
 from __future__ import annotations
 
@@ -37,18 +39,19 @@ def widen_transforms(state: dict, old_n: int, new_n: int, seed: int = 0, noise: 
     if any(name.startswith("synthesis.blocks.") for name in state):
         raise ValueError("widening a synthesis with residual blocks is not supported")
     generator = torch.Generator().manual_seed(seed)
+    noise_generator = torch.Generator().manual_seed(seed + 1)   # apart: the noise does not change what is copied
     out = dict(state)
     for prefix, (writer, out_axis), (reader, in_axis) in HIDDEN:
         source = sources(old_n, new_n, generator)
-        out[writer + ".weight"] = _with_noise(_copied(out[writer + ".weight"], out_axis, source), out_axis, old_n,
-                                              noise, generator)
-        out[writer + ".bias"] = _copied(out[writer + ".bias"], 0, source)
+        gdn, film = prefix.format("gdns"), prefix.format("films")
+        w = out[writer + ".weight"].index_select(out_axis, source)
+        out[writer + ".weight"] = _with_noise(w, out_axis, old_n, noise, noise_generator)
+        out[writer + ".bias"] = out[writer + ".bias"].index_select(0, source)
         out[reader + ".weight"] = _divided(out[reader + ".weight"], in_axis, source, old_n)
-        out[prefix.format("gdns") + ".beta_param"] = _copied(out[prefix.format("gdns") + ".beta_param"], 0, source)
-        gamma = prefix.format("gdns") + ".gamma_param"
-        out[gamma] = _widened_gamma(out[gamma], source)
-        for name in (prefix.format("films") + ".net.2.weight", prefix.format("films") + ".net.2.bias"):
-            pair = torch.cat([source, source + old_n])   # [scale of each channel, shift of each channel]
+        out[gdn + ".beta_param"] = out[gdn + ".beta_param"].index_select(0, source)
+        out[gdn + ".gamma_param"] = _widened_gamma(out[gdn + ".gamma_param"], source)
+        pair = torch.cat([source, source + old_n])   # FiLM rows: [scale of each channel, shift of each channel]
+        for name in (film + ".net.2.weight", film + ".net.2.bias"):
             out[name] = out[name].index_select(0, pair)
     return out
 
@@ -59,10 +62,6 @@ def sources(old_n: int, new_n: int, generator) -> torch.Tensor:
     extra = new_n - old_n
     rounds = [torch.randperm(old_n, generator=generator) for _ in range(-(-extra // old_n))]
     return torch.cat([torch.arange(old_n), torch.cat(rounds)[:extra]])
-
-
-def _copied(t: torch.Tensor, axis: int, source: torch.Tensor) -> torch.Tensor:
-    return t.index_select(axis, source)
 
 
 def _divided(t: torch.Tensor, axis: int, source: torch.Tensor, old_n: int) -> torch.Tensor:
@@ -83,8 +82,8 @@ def _with_noise(w: torch.Tensor, axis: int, old_n: int, noise: float, generator)
 
 
 def _widened_gamma(param: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-    """Γ's square-root parameter (n, n, 1, 1) for the widened channels: each row its source's, reading the
-    trained channels off the diagonal and its own |x| on it (a copy's |x| equals its source's)."""
+    """Γ's square-root parameter (n, n, 1, 1) for the widened channels: row a is its source s's over the trained
+    channels, except that the entry s puts on its own |x| (column s) row a puts on column a."""
     old_n, new_n = param.shape[0], source.numel()
     g = param[..., 0, 0]
     rows = g.index_select(0, source)                       # (new_n, old_n): each channel's source row

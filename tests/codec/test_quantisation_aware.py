@@ -168,16 +168,19 @@ def test_each_quantised_conv_computes_what_the_graph_does_given_the_graphs_own_i
                                                        default_model.torch_model.cfg)
     session = ort.InferenceSession(str(tmp_path / "tapped.onnx"), providers=["CPUExecutionProvider"])
     x = synthetic_image(96, 128, seed=99).transpose(2, 0, 1)[None].astype(np.float32) / 255
+    lowest = []
     for lam in (64.0, 8192.0):
         outs = session.run(None, {"x": x, "lam": np.array([lam], np.float32)})
         got = dict(zip([o.name for o in session.get_outputs()], outs))
         for i, (before, scale, dequantised, out) in enumerate(rows, start=1):
+            lowest.append(float(np.round(got[dequantised] / scale).min()))
             quantised = fake_quantise(torch.from_numpy(got[before]), torch.tensor(scale)).numpy()
             assert np.mean(quantised != got[dequantised]) < 1e-4, (lam, i)   # ties may round either way
             with torch.no_grad():
                 u = F.conv2d(torch.from_numpy(got[dequantised]), *qat._weights(i), stride=2, padding=2).numpy()
             rms = float(np.sqrt(np.mean((u - got[out]) ** 2)))
             assert rms < 1e-5 * float(np.abs(got[out]).mean()), (lam, i, rms)
+    assert min(lowest) == -128   # the graph uses the level a symmetric [-127, 127] clamp would not have
 
 
 def test_quantisation_aware_training_moves_only_the_analysis(tmp_path, folders):

@@ -2,14 +2,13 @@
 and training that moves the analysis alone."""
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
 from calibration.calibration_set import CalibrationSet
-from calibration.onnx_graph import producers
+from calibration.onnx_graph import output_session, producers
 from codec import weights
 from calibration.quantize import PERCENTILE, quantize_encoder
 from codec.errors import CodecError
@@ -93,14 +92,22 @@ def photo_dir(tmp_path_factory):
     return d
 
 
-def qdq_activation_scales(path) -> list:
-    """The per-tensor scales of the quantised Conv inputs in the Q/DQ graph, in graph order."""
-    m = onnx.load(str(path))
+def quantised_convs(m) -> list:
+    """Each quantised Conv of the Q/DQ graph m as (pre-quantiser input, scale, dequantised input, output)."""
     init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     producer = producers(m)
-    convs = [n for n in m.graph.node if n.op_type == "Conv" and n.input[0] in producer
-             and producer[n.input[0]].op_type == "DequantizeLinear"]
-    return [float(init[producer[c.input[0]].input[1]]) for c in convs]
+    rows = []
+    for conv in (n for n in m.graph.node if n.op_type == "Conv"):
+        dq = producer.get(conv.input[0])
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            q = producer[dq.input[0]]
+            rows.append((q.input[0], float(init[q.input[1]]), conv.input[0], conv.output[0]))
+    return rows
+
+
+def qdq_activation_scales(path) -> list:
+    """The per-tensor scales of the quantised Conv inputs in the Q/DQ graph, in graph order."""
+    return [scale for _, scale, _, _ in quantised_convs(onnx.load(str(path)))]
 
 
 def test_it_computes_what_onnx_runtime_runs_in_the_qdq_graph(default_model, photo_dir, tmp_path):
@@ -136,24 +143,6 @@ def test_it_computes_what_onnx_runtime_runs_in_the_qdq_graph(default_model, phot
         assert err(emulated) < 0.6 * err(plain), (lam, err(emulated), err(plain))
 
 
-def quantised_convs_tapped(qdq_path, out_path) -> list:
-    """Each quantised Conv of the Q/DQ graph as (pre-quantiser input, scale, dequantised input, output) tensor
-    names, all four made graph outputs in a copy saved at out_path."""
-    m = onnx.load(str(qdq_path))
-    init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
-    producer = producers(m)
-    rows = []
-    for conv in (n for n in m.graph.node if n.op_type == "Conv"):
-        dq = producer.get(conv.input[0])
-        if dq is not None and dq.op_type == "DequantizeLinear":
-            q = producer[dq.input[0]]
-            rows.append((q.input[0], float(init[q.input[1]]), conv.input[0], conv.output[0]))
-    for name in {n for row in rows for n in (row[0], row[2], row[3])}:
-        m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    onnx.save(m, str(out_path))
-    return rows
-
-
 def test_each_quantised_conv_computes_what_the_graph_does_given_the_graphs_own_input(default_model, photo_dir,
                                                                                        tmp_path):
     """The arithmetic, Conv by Conv, without the float noise that the y1 test above lets spread from layer to
@@ -162,16 +151,17 @@ def test_each_quantised_conv_computes_what_the_graph_does_given_the_graphs_own_i
     image_onnx, _ = export_stamped(default_model, tmp_path)
     cal = CalibrationSet(photo_dir, count=8, crop=(96, 128), varied=None)
     quantize_encoder(image_onnx, tmp_path / "encoder.int8.onnx", cal, fit_edges=False)
-    rows = quantised_convs_tapped(tmp_path / "encoder.int8.onnx", tmp_path / "tapped.onnx")
+    graph = onnx.load(str(tmp_path / "encoder.int8.onnx"))
+    rows = quantised_convs(graph)
     assert len(rows) == 3   # every Conv but the first, which stays in float
+    names = sorted({n for row in rows for n in (row[0], row[2], row[3])})
+    session = output_session(graph, names)
     qat = QuantisationAwareImageAnalysis.from_analysis(default_model.torch_model.analysis.image,
                                                        default_model.torch_model.cfg)
-    session = ort.InferenceSession(str(tmp_path / "tapped.onnx"), providers=["CPUExecutionProvider"])
     x = synthetic_image(96, 128, seed=99).transpose(2, 0, 1)[None].astype(np.float32) / 255
     lowest = []
     for lam in (64.0, 8192.0):
-        outs = session.run(None, {"x": x, "lam": np.array([lam], np.float32)})
-        got = dict(zip([o.name for o in session.get_outputs()], outs))
+        got = dict(zip(names, session.run(names, {"x": x, "lam": np.array([lam], np.float32)})))
         for i, (before, scale, dequantised, out) in enumerate(rows, start=1):
             lowest.append(float(np.round(got[dequantised] / scale).min()))
             quantised = fake_quantise(torch.from_numpy(got[before]), torch.tensor(scale)).numpy()

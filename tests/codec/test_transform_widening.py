@@ -104,13 +104,12 @@ def test_a_start_from_a_narrower_equalised_file_undoes_equalisation_then_widens(
     model = NestedLatentCodec(ModelConfig(**wide_cfg)).eval()
     assert _load_state(cfg, tmp_path / "run", model, None, None)[0] == 5
     ours = model.analysis.image
-    for k, gdn in enumerate(trained.analysis.image.gdns):   # the equalisation rescaled exactly these
-        for name in ("beta_param", "gamma_param"):
-            got = getattr(ours.gdns[k], name)[:8, :8] if name == "gamma_param" else ours.gdns[k].beta_param[:8]
-            want = getattr(gdn, name)
-            assert torch.allclose(got, want, rtol=2e-3, atol=2e-3), (k, name)   # float16 file
-        assert torch.allclose(ours.films[k].net[2].weight[:8], trained.analysis.image.films[k].net[2].weight[:8],
-                              rtol=2e-3, atol=2e-3)
+    close = lambda a, b: torch.allclose(a, b, rtol=2e-3, atol=2e-3)   # float16 file
+    for k, (gdn, film) in enumerate(zip(trained.analysis.image.gdns, trained.analysis.image.films)):
+        # the equalisation rescaled exactly these
+        assert close(ours.gdns[k].beta_param[:8], gdn.beta_param), k
+        assert close(ours.gdns[k].gamma_param[:8, :8], gdn.gamma_param), k
+        assert close(ours.films[k].net[2].weight[:8], film.net[2].weight[:8]), k
     x, lam = torch.rand(1, 3, 64, 96), torch.tensor([2048.0])
     assert torch.allclose(outputs(trained.eval(), x, lam)[1], outputs(model, x, lam)[1], rtol=2e-2, atol=2e-2)
 

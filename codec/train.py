@@ -81,6 +81,8 @@ class TrainConfig:
     widen_noise: float = 0.01      # when init_from has narrower transforms (model.channels): noise on the copied
                                    # channels' incoming weights, this fraction of each layer's weight spread
                                    # (transform_widening.py; 0: the same function, copies that never part)
+    widen_fresh: bool = False      # ... or new channels with random incoming weights that the next layer reads
+                                   # with weight 0 (the same function; copies stayed copies, session 50)
     model: dict = field(default_factory=dict)
     channels_last: bool = False
     compile: bool = False          # torch.compile the training forward pass (bench-train: ~1.4x steps/s)
@@ -596,9 +598,11 @@ def widened(state: dict, meta: dict, model_cfg: ModelConfig, cfg: TrainConfig) -
     """The weights of a model file, given the configured numbers of transform and z1 channels if it had fewer."""
     file_cfg = file_config(meta, model_cfg)
     if file_cfg.channels < model_cfg.channels:
-        log.info("transforms widened from %d to %d channels (transform_widening.py, noise %g)", file_cfg.channels,
-                 model_cfg.channels, cfg.widen_noise)
-        state = widen_transforms(state, file_cfg.channels, model_cfg.channels, cfg.seed, cfg.widen_noise)
+        how = "fresh channels" if cfg.widen_fresh else f"copies, noise {cfg.widen_noise:g}"
+        log.info("transforms widened from %d to %d channels (transform_widening.py, %s)", file_cfg.channels,
+                 model_cfg.channels, how)
+        state = widen_transforms(state, file_cfg.channels, model_cfg.channels, cfg.seed, cfg.widen_noise,
+                                 cfg.widen_fresh)
     c1, old_c1 = model_cfg.c1, file_cfg.c1
     if old_c1 == c1:
         return state

@@ -11,12 +11,12 @@ of the layer's weight spread), as the paper does, which sets them apart.
 Copies barely part in practice: after lineage D's 10,000 steps (noise 0.01, Adam, lr 5e-5 to 1e-5) every new
 channel's incoming weights still had a cosine of at least 0.998 with its original's (session 50): the wider
 model went on computing the narrow one. A copy's gradient is its original's (they compute the same value and
-are read with the same weights), so the two take the same steps, and the noise only makes the gradients
-differ by as little as the noise makes the values differ. Hence `fresh=True`: the new channels get random incoming weights (the layer's weight spread),
-a zero bias, their source's GDN and FiLM rows, and zero weights in the layer that reads them. The model is
-still the same function (the new channels are read with weight 0), and the reader's weights for them get a
-gradient at once (the new channels' values times the gradient at the reader's output), different for
-every new channel.
+are read with the same weights), so the two take the same steps; the noise makes the gradients differ only as
+little as it makes the values differ. Hence `fresh=True`: the new channels get random incoming weights (the
+layer's weight spread), a zero bias, their source's GDN and FiLM rows, and zero weights in the layer that reads
+them. The model is still the same function (the new channels are read with weight 0), and the reader's
+weights for them get a gradient at once (the new channels' values times the gradient at the reader's
+output), different for every new channel.
 
 Only the hidden channels grow: the latents (z1 and the chain) keep their widths, so the rate side, the
 priors and the container are untouched. A wider z1 is z1_widening.py's job.

@@ -57,14 +57,13 @@ def widen_transforms(state: dict, old_n: int, new_n: int, seed: int = 0, noise: 
         source = sources(old_n, new_n, generator)
         gdn, film = prefix.format("gdns"), prefix.format("films")
         w = out[writer + ".weight"].index_select(out_axis, source)
-        bias = out[writer + ".bias"].index_select(0, source)
-        if fresh:
+        if fresh:   # the new channels' bias 0, and the reader's weights on them 0
             out[writer + ".weight"] = _random_new(w, out_axis, old_n, noise_generator)
-            out[writer + ".bias"] = torch.cat([bias[:old_n], torch.zeros_like(bias[old_n:])])
-            out[reader + ".weight"] = _unread_new(out[reader + ".weight"], in_axis, new_n)
+            out[writer + ".bias"] = _zero_padded(out[writer + ".bias"], 0, new_n)
+            out[reader + ".weight"] = _zero_padded(out[reader + ".weight"], in_axis, new_n)
         else:
             out[writer + ".weight"] = _with_noise(w, out_axis, old_n, noise, noise_generator)
-            out[writer + ".bias"] = bias
+            out[writer + ".bias"] = out[writer + ".bias"].index_select(0, source)
             out[reader + ".weight"] = _divided(out[reader + ".weight"], in_axis, source, old_n)
         out[gdn + ".beta_param"] = out[gdn + ".beta_param"].index_select(0, source)
         out[gdn + ".gamma_param"] = _widened_gamma(out[gdn + ".gamma_param"], source)
@@ -106,8 +105,8 @@ def _random_new(w: torch.Tensor, axis: int, old_n: int, generator) -> torch.Tens
     return w
 
 
-def _unread_new(t: torch.Tensor, axis: int, new_n: int) -> torch.Tensor:
-    """The reader's weights with zeros for the new channels: the trained channels keep theirs whole."""
+def _zero_padded(t: torch.Tensor, axis: int, new_n: int) -> torch.Tensor:
+    """t with zeros for the new channels along axis: the trained channels keep theirs whole."""
     shape = list(t.shape)
     shape[axis] = new_n - t.shape[axis]
     return torch.cat([t, torch.zeros(shape, dtype=t.dtype)], dim=axis)

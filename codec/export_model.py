@@ -195,7 +195,8 @@ def main(args):
 
 
 def cost_line(exactness: dict | None) -> str:
-    """"+0.42 % (λ 64 +1.00 %, λ 1024 +0.54 %, λ 8192 +0.33 %)"; files before session 51 have no per-λ figures."""
+    """The cost in one line, e.g. "+0.42 % (λ 64 +1.00 %, λ 1024 +0.54 %, λ 8192 +0.33 %)"; files exported
+    before session 51 have no per-λ figures."""
     if not exactness:
         return "not measured (no validation images)"
     per = ", ".join(f"λ {p['lambda']:g} {p['cost_percent']:+.2f} %" for p in exactness.get("per_lambda", []))

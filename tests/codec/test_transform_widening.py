@@ -189,13 +189,14 @@ def _started(tmp_path, name: str):
 
 
 @pytest.mark.parametrize("name", ["lineage_n160.yaml", "lineage_n160_fresh.yaml"])
-def test_lineage_d_grows_the_bundled_model_and_starts_near_its_pictures(tmp_path, default_model, name):
-    """configs/lineage_n160*.yaml on a new machine: the bundled (INT8-equalised) file, its transforms grown to
-    160 channels, at the file's step; against the 128-channel start from the same file (configs/default.yaml),
-    the decoded picture moves by the copies' noise alone, and not at all with fresh channels."""
+def test_lineage_d_grows_its_start_model_and_starts_near_its_pictures(tmp_path, name):
+    """configs/lineage_n160*.yaml on a new machine: their start file (b7f73249, INT8-equalised, bundled until
+    session 52), its transforms grown to 160 channels, at the file's step; against the 128-channel start from
+    the same file (ablation/regrow_n128.yaml), the decoded picture moves by the copies' noise alone, and not at
+    all with fresh channels."""
     model, step = _started(tmp_path, name)
-    assert model.cfg.channels == 160 and step == default_model.meta["train"]["step"]
-    narrow, _ = _started(tmp_path, "default.yaml")
+    narrow, narrow_step = _started(tmp_path, "ablation/regrow_n128.yaml")
+    assert model.cfg.channels == 160 and narrow.cfg.channels == 128 and step == narrow_step == 150_600
     x, lam = torch.rand(1, 3, 64, 64), torch.tensor([1024.0])
     (_, x_a, bpp_a), (_, x_b, bpp_b) = outputs(narrow, x, lam), outputs(model, x, lam)
     moved = float((x_a - x_b).abs().mean())

@@ -392,6 +392,7 @@ def test_shipped_configs_are_valid():
     ("ablation/marks_weight_10.yaml", "configs/ablation/marks_weight_10.npz"),   # its encoder-only branch
     ("blade_finetune.yaml", "default_model/model.npz"),
     ("quantisation_aware.yaml", "default_model/model.npz"),
+    ("large_batch.yaml", "default_model/model.npz"),
     ("ablation/regrow_n128.yaml", "configs/lineage_n160_start.npz"),   # lineage D's start, b7f73249
 ])
 def test_a_run_starts_from_its_committed_weights_on_a_new_machine(config_name, weights_file):
